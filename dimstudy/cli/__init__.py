@@ -1,0 +1,26 @@
+"""The `dimstudy` command line: one module per command, composed here."""
+
+from __future__ import annotations
+
+import typer
+
+from dimstudy.cli import models as _models
+
+app = typer.Typer(
+    name="dimstudy",
+    help=(
+        "Take Diffusion Mamba (DiM) apart and measure it against U-ViT and a plain Mamba baseline.\n\n"
+        "Examples:\n\n"
+        "  dimstudy models                      # every registered model: params, GFLOPs, tokens\n\n"
+        "  dimstudy models --pattern 'dim*' --json\n\n"
+        "  dimstudy components                  # DiM's four designs and the CLI names that toggle them"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_models.register(app)
+
+
+def main() -> None:
+    app()
