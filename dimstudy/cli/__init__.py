@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from dimstudy.cli import fid as _fid
 from dimstudy.cli import models as _models
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 _models.register(app)
+_fid.register(app)
 
 
 def main() -> None:
