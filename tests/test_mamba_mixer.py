@@ -139,3 +139,10 @@ def test_bias_options_and_meta_device():
     y = meta(torch.empty(2, 50, 64, device="meta"))
     assert y.shape == (2, 50, 64) and y.device.type == "meta"
     assert meta.dt_rank == math.ceil(64 / 16)
+
+
+def test_set_scan_backend_checks_the_name_even_without_mixers():
+    with pytest.raises(ValueError, match="valid choices"):
+        set_scan_backend(nn.Linear(2, 2), "fast")
+    assert set_scan_backend(nn.Linear(2, 2), "torch") == 0
+    assert "scan_backend='auto'" in repr(Mamba(16))

@@ -6,6 +6,7 @@ import typer
 
 from dimstudy.cli import fid as _fid
 from dimstudy.cli import models as _models
+from dimstudy.cli import speed as _speed
 
 app = typer.Typer(
     name="dimstudy",
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 _models.register(app)
 _fid.register(app)
+_speed.register(app)
 
 
 def main() -> None:

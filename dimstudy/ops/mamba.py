@@ -111,6 +111,10 @@ class Mamba(nn.Module):
             w.copy_(dt + torch.log(-torch.expm1(-dt)))
         w._no_reinit = True
 
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
+                f"dt_rank={self.dt_rank}, scan_backend={self.scan_backend!r}")
+
     @property
     def scan_backend(self) -> str:
         return self._scan_backend
@@ -155,6 +159,7 @@ class Mamba(nn.Module):
 
 
 def mamba_modules(model: nn.Module) -> list[Mamba]:
+    """Every Mamba mixer in `model` (itself included)."""
     return [m for m in model.modules() if isinstance(m, Mamba)]
 
 
@@ -164,7 +169,7 @@ def set_scan_backend(model: nn.Module, name: str) -> int:
     Checked now, not at the first forward: an unknown name raises ValueError and 'cuda' without mamba-ssm's
     kernels or a GPU raises BackendUnavailableError. ('auto' still resolves per call, by device.)
     """
-    if name != "auto":
+    if check_scan_backend(name) != "auto":
         resolve_scan_backend(name)
     mixers = mamba_modules(model)
     for m in mixers:

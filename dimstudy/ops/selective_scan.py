@@ -213,7 +213,8 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 
     Memory: saves only the inputs and each chunk's entering state, b * d * n * l / chunk; a pass allocates
     per-step slabs, and the backward holds the recomputed states, b * l * d * n, while it runs.
-    `chunk_size` (default about sqrt(l / 4)) changes the speed only.
+    `chunk_size` (default about sqrt(l / 4)) changes the speed only. y is (b, d, l) but stored time-major
+    (stride 1 along d); call .contiguous() before handing it to a kernel that wants stride 1 along l.
     """
     out_dtype = u.dtype
     u, dt, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
