@@ -6,7 +6,9 @@ import typer
 
 from dimstudy.cli import fid as _fid
 from dimstudy.cli import models as _models
+from dimstudy.cli import sample as _sample
 from dimstudy.cli import speed as _speed
+from dimstudy.cli import train as _train
 
 app = typer.Typer(
     name="dimstudy",
@@ -23,6 +25,8 @@ app = typer.Typer(
 )
 _models.register(app)
 _fid.register(app)
+_train.register(app)
+_sample.register(app)
 _speed.register(app)
 
 

@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from dimstudy.data.datasets import DatasetUnavailableError
 from dimstudy.ops.selective_scan import BackendUnavailableError
 
 
@@ -14,7 +15,16 @@ class UserError(Exception):
     """Bad input or missing prerequisite: reported as one line, exit code 2."""
 
 
-USER_ERRORS = (UserError, ValueError, BackendUnavailableError, FileNotFoundError)
+def _feature_extractor_error() -> tuple[type[Exception], ...]:
+    try:  # metrics needs torch-fidelity; without it there is no such error to catch
+        from dimstudy.metrics.fid import FeatureExtractorUnavailableError
+    except ImportError:
+        return ()
+    return (FeatureExtractorUnavailableError,)
+
+
+USER_ERRORS = (UserError, ValueError, BackendUnavailableError, FileNotFoundError, DatasetUnavailableError,
+               *_feature_extractor_error())
 
 
 def friendly(fn):

@@ -1,0 +1,5 @@
+"""`python -m dimstudy ...` (also what `torchrun -m dimstudy train ...` runs)."""
+
+from dimstudy.cli import main
+
+main()

@@ -1,0 +1,19 @@
+"""Training: one config dataclass, a trainer that resumes exactly, atomic checkpoints, EMA, DDP."""
+
+from dimstudy.train.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from dimstudy.train.config import TrainConfig, load_config, save_config
+from dimstudy.train.ema import EMA
+from dimstudy.train.trainer import draw_samples, save_grid, train
+
+__all__ = [
+    "EMA",
+    "TrainConfig",
+    "draw_samples",
+    "load_checkpoint",
+    "load_config",
+    "read_checkpoint",
+    "save_checkpoint",
+    "save_config",
+    "save_grid",
+    "train",
+]

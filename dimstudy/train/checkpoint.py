@@ -1,0 +1,111 @@
+"""Checkpoints that are written atomically and hold everything an exact resume needs.
+
+A checkpoint is one `torch.save`d dict (see CHECKPOINT_KEYS): the raw model's and the EMA's weights,
+optimiser, LR scheduler and grad-scaler states, the step, every RNG state, the run config (a dict) and
+the model's constructor arguments, so `load_checkpoint` rebuilds the network without the dataset.
+Everything in it is a tensor or plain Python data, so it loads with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from dimstudy.train.config import TrainConfig
+
+LATEST = "latest.pt"
+CHECKPOINT_KEYS = ("model", "ema", "optimizer", "scheduler", "scaler", "step", "rng", "config", "model_args", "environment")
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write `state` to `path` atomically: temp file in the same directory, fsync, os.replace.
+
+    A crash at any point leaves either the old file or the new one under `path`, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)  # make the rename itself durable
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms that cannot open directories (Windows)
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """A run directory means its latest.pt."""
+    path = Path(path)
+    path = path / LATEST if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw checkpoint dict, tensors on the CPU."""
+    return torch.load(checkpoint_path(path), map_location="cpu", weights_only=True)
+
+
+def build_model(model_args: dict) -> nn.Module:
+    """The one place a network is made from a run: `create_model(name, **kwargs)`, for training and loading."""
+    from dimstudy.registry import create_model
+
+    try:
+        return create_model(model_args["name"], **model_args["kwargs"])
+    except TypeError as e:  # an override the architecture has no flag for, e.g. long_skip on U-ViT
+        raise ValueError(f"model {model_args['name']!r} rejects its options {model_args['kwargs']}: {e}") from None
+
+
+def load_checkpoint(path: str | Path, *, ema: bool = True, device="cpu") -> tuple[nn.Module, TrainConfig]:
+    """(model in eval mode, its TrainConfig) from a checkpoint file or run directory; EMA weights by default."""
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt["model_args"])
+    weights = ckpt["ema"]["module"] if ema else ckpt["model"]
+    model.load_state_dict(weights)
+    return model.to(device).eval(), TrainConfig.from_dict(ckpt["config"])
+
+
+def capture_rng() -> dict:
+    """Every global RNG state: python `random`, numpy, torch CPU, and the current CUDA device's."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "cached_gaussian": cached},  # tensor, not ndarray: weights_only loads it
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+

@@ -1,0 +1,94 @@
+"""`dimstudy train` and `dimstudy sample` through typer's CliRunner."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from dimstudy.cli import sample as sample_cli
+from dimstudy.cli import train as train_cli
+from dimstudy.train import load_config, read_checkpoint
+
+SMOKE = str(Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml")
+FAST = ["--resolution", "8", "--batch-size", "8", "--no-progress"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core box a second OpenMP thread that gets descheduled stalls every
+    small op (steps measured 10-50x slower under load), while one thread is as fast for these tiny shapes."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+@pytest.fixture(scope="module")
+def runner_app():
+    app = typer.Typer()
+    train_cli.register(app)
+    sample_cli.register(app)
+    return CliRunner(), app
+
+
+@pytest.fixture(scope="module")
+def smoke_run(runner_app, tmp_path_factory):
+    runner, app = runner_app
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    result = runner.invoke(app, ["train", "--preset", SMOKE, "--steps", "3", "--out", str(out), *FAST,
+                                 "--drop", "long_skip", "--set", "weight_decay=0"])
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_train_from_the_smoke_preset_writes_latest(smoke_run):
+    out, result = smoke_run
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 3 and (out / "latest.pt").exists()
+    cfg, preset = read_checkpoint(out)["config"], load_config(SMOKE)
+    assert (cfg["steps"], cfg["resolution"], cfg["batch_size"]) == (3, 8, 8)  # flags beat the preset
+    assert cfg["warmup_steps"] == preset.warmup_steps and cfg["lr"] == preset.lr  # no flag: the preset's value
+    assert cfg["weight_decay"] == 0.0  # --set
+    assert cfg["model_kwargs"] == {"scan_backend": "auto", "multi_scan": True, "long_skip": False,
+                                   "padding_tokens": True, "local_conv": True}
+
+
+def test_sample_writes_pngs_and_a_grid(runner_app, smoke_run, tmp_path):
+    runner, app = runner_app
+    out, _ = smoke_run
+    result = runner.invoke(app, ["sample", "--ckpt", str(out), "--n", "4", "--steps", "3", "--out", str(tmp_path),
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [f"00000{i}.png" for i in range(4)]
+    assert Image.open(tmp_path / "images" / "000000.png").size == (8, 8)
+    assert (tmp_path / "grid.png").exists()
+    assert json.loads((tmp_path / "sample.json").read_text())["sampler"] == "dpm_solver"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--model", "dim_nope"], "unknown model 'dim_nope'; valid choices: "),
+        (["train", "--drop", "long_skp"], "unknown component 'long_skp'; valid choices: multi_scan, long_skip"),
+        (["train", "--set", "lrr=1"], "unknown config key 'lrr'; valid keys: model, "),
+        (["train", "--precision", "fp8"], "unknown precision 'fp8'; valid choices: auto, bf16, fp16, fp32"),
+        (["sample", "--ckpt", "no/such/ckpt.pt"], "no checkpoint at no/such/ckpt.pt"),
+    ],
+)
+def test_bad_input_is_one_line_naming_valid_choices(runner_app, tmp_path, args, message):
+    runner, app = runner_app
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "x")] if args[0] == "train" else args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1
+    if "--model" in args:
+        assert "dim_tiny_2" in result.stderr
+
+
+def test_parse_set_reads_toml_values_and_dotted_keys():
+    got = train_cli.parse_set(["lr=1e-4", "hflip=false", "dataset=digits", "model_kwargs.scan_patterns=\"12\""])
+    assert got == {"lr": 1e-4, "hflip": False, "dataset": "digits", "model_kwargs": {"scan_patterns": "12"}}
+    with pytest.raises(ValueError, match="--set expects KEY=VALUE"):
+        train_cli.parse_set(["lr"])

@@ -1,0 +1,253 @@
+"""Trainer: exact resume, atomic checkpoints, EMA, warm-up, accumulation, flips, data order, DDP."""
+
+import json
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+from dimstudy.diffusion import build_schedule
+from dimstudy.train import (
+    EMA,
+    TrainConfig,
+    draw_samples,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    train,
+)
+from dimstudy.train.checkpoint import CHECKPOINT_KEYS
+from dimstudy.train.distributed import DistInfo, StepBatchSampler
+from dimstudy.train.trainer import accumulate_grads, params_digest, random_hflip, warmup_factor
+
+# Narrower and shallower than the tiny presets: the pure-PyTorch selective scan costs b*l*d_inner*d_state per
+# block, about 2 s a step for dim_tiny_2 at batch 32 on a 2-core CPU; this is ~50 ms at 16 px, batch 8.
+SMALLER = {"dim_tiny_2": {"dim": 32, "depth": 3, "d_state": 4}, "uvit_tiny_2": {"dim": 32, "depth": 3, "num_heads": 2}}
+
+
+def tiny_config(out, model="dim_tiny_2", **kw) -> TrainConfig:
+    """A few-second CPU run on 16x16 digits, batch 8, checkpoint every 2 steps."""
+    base = dict(model=model, model_kwargs=SMALLER[model], dataset="digits", resolution=16, batch_size=8, steps=6,
+                warmup_steps=4, lr=1e-3, ckpt_every=2, log_every=1, num_workers=0, device="cpu", out_dir=str(out))
+    return TrainConfig(**{**base, **kw})
+
+
+def read_log(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "loss.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core box a second OpenMP thread that gets descheduled stalls every
+    small op (steps measured 10-50x slower under load), while one thread is as fast for these tiny shapes."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+class Killed(Exception):
+    pass
+
+
+def kill_at(step: int):
+    def on_step(row):
+        if row["step"] == step:
+            raise Killed  # as if the process died right after logging this step
+    return on_step
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    return out, train(tiny_config(out, steps=4), progress=False)
+
+
+@pytest.mark.parametrize(
+    "model, extra",
+    [("dim_tiny_2", {}), ("uvit_tiny_2", {"class_cond": True, "grad_accum": 2, "grad_clip": 1.0})],
+    ids=["dim", "uvit-classcond-accum-clip"],
+)
+def test_killed_and_resumed_run_repeats_the_uninterrupted_one_bit_for_bit(tmp_path, model, extra):
+    full = train(tiny_config(tmp_path / "full", model, **extra), progress=False)
+
+    with pytest.raises(Killed):  # killed after step 5; the last checkpoint is step 4
+        train(tiny_config(tmp_path / "split", model, **extra), progress=False, on_step=kill_at(5))
+    assert read_checkpoint(tmp_path / "split")["step"] == 4
+    resumed = train(tiny_config(tmp_path / "split", model, **extra), progress=False)  # resume is the default
+    assert resumed["resumed_from"] == 4 and resumed["steps_this_run"] == 2
+
+    a, b = read_log(tmp_path / "full"), read_log(tmp_path / "split")
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]  # the step logged after the checkpoint was redone once
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]  # ==, not allclose
+    assert [r["lr"] for r in a] == [r["lr"] for r in b] == [1e-3 * min(1, (s + 1) / 4) for s in range(6)]
+    assert full["params_digest"] == resumed["params_digest"]
+    ema_a, ema_b = (read_checkpoint(tmp_path / d)["ema"]["module"] for d in ("full", "split"))
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+
+
+def test_resume_refuses_changed_settings(tiny_run, tmp_path):
+    out, _ = tiny_run
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(lr: 0.001 -> 0.002\)"):
+        train(tiny_config(out, steps=5, lr=2e-3), progress=False)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(tiny_config(tmp_path / "empty"), resume=True, progress=False)
+
+
+def test_checkpoint_holds_everything_a_resume_needs(tiny_run):
+    out, summary = tiny_run
+    ckpt = read_checkpoint(out / "latest.pt")
+    assert set(CHECKPOINT_KEYS) <= set(ckpt)
+    assert ckpt["step"] == 4 and summary["steps"] == 4
+    assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
+    assert ckpt["scheduler"]["last_epoch"] == 4  # the LR schedule's position travels with the weights
+    assert len(ckpt["optimizer"]["state"]) == len(ckpt["model"])  # AdamW moments for every parameter
+    assert TrainConfig.from_dict(ckpt["config"]) == tiny_config(out, steps=4)
+    assert ckpt["model_args"]["kwargs"]["img_size"] == 16
+    assert summary["checkpoint"] == str(out / "latest.pt") and (out / "config.toml").exists()
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4]
+
+
+def test_load_checkpoint_gives_ema_weights_by_default(tiny_run):
+    out, _ = tiny_run
+    ckpt = read_checkpoint(out)
+    ema_model, cfg = load_checkpoint(out)
+    raw_model, _ = load_checkpoint(out / "latest.pt", ema=False)
+    assert cfg.model == "dim_tiny_2" and not ema_model.training
+    for k, v in ema_model.state_dict().items():
+        assert torch.equal(v, ckpt["ema"]["module"][k]) and torch.equal(raw_model.state_dict()[k], ckpt["model"][k])
+    assert params_digest(raw_model) != params_digest(ema_model)
+    with torch.no_grad():
+        eps = ema_model(torch.randn(2, 3, 16, 16), torch.rand(2) * 999)
+    assert eps.shape == (2, 3, 16, 16) and torch.isfinite(eps).all()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_class_conditional_mixed_precision_run_samples_with_guidance(tmp_path, precision):
+    summary = train(tiny_config(tmp_path, "uvit_tiny_2", steps=2, class_cond=True, precision=precision), progress=False)
+    assert summary["precision"] == {"bf16": "bfloat16", "fp16": "float16"}[precision]
+    assert read_checkpoint(tmp_path)["config"]["p_uncond"] == 0.1
+    model, cfg = load_checkpoint(tmp_path)
+    assert model.num_classes == 10
+    x = draw_samples(model, build_schedule(cfg.schedule), 3, steps=2, cfg_scale=1.0, labels=torch.tensor([0, 5, 9]))
+    assert x.shape == (3, 3, 16, 16) and x.abs().max() <= 1
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pt"
+    save_checkpoint({"step": 1, "w": torch.arange(1000.0)}, path)
+    before = path.read_bytes()
+
+    def torn_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a zip file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"step": 2, "w": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert read_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]  # no temp file left behind
+
+
+def test_numbered_checkpoints_are_kept_alongside_latest(tmp_path):
+    train(tiny_config(tmp_path, steps=4, keep_every=2), progress=False)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["latest.pt", "step_00000002.pt", "step_00000004.pt"]
+    assert read_checkpoint(tmp_path / "step_00000002.pt")["step"] == 2
+
+
+def test_ema_update_is_the_exponential_average():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ema = EMA(model, decay=0.9)
+    start = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model[1].running_mean.fill_(5.0)
+    ema.update(model)
+    for name, p in model.named_parameters():
+        assert torch.allclose(ema.module.get_parameter(name), 0.9 * start[name] + 0.1 * p)
+    assert torch.equal(ema.module[1].running_mean, torch.full((4,), 5.0))  # buffers are copied
+    assert not any(p.requires_grad for p in ema.module.parameters()) and not ema.module.training
+    assert all(p.dtype == torch.float32 for p in EMA(model.to(torch.bfloat16)).module.parameters())
+
+
+def test_warmup_is_linear_then_constant():
+    opt = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=2e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_factor(4))
+    lrs = []
+    for _ in range(6):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.5e-4, 1e-4, 1.5e-4, 2e-4, 2e-4, 2e-4])
+    assert warmup_factor(0)(0) == 1.0
+
+
+def test_grad_accumulation_equals_one_big_batch():
+    torch.manual_seed(0)
+    x, target = torch.randn(8, 5), torch.randn(8, 2)
+    model = nn.Linear(5, 2)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+
+    def per_sample_loss(xb, tb):
+        return (model(xb) - tb).pow(2).mean(1)  # (b,)
+
+    big = accumulate_grads(model, per_sample_loss, [(x, target)], scaler)
+    grads_big = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    small = accumulate_grads(model, per_sample_loss, list(zip(x.chunk(4), target.chunk(4), strict=True)), scaler)
+    assert torch.allclose(big, small)
+    for g_big, p in zip(grads_big, model.parameters(), strict=True):
+        assert torch.allclose(g_big, p.grad, atol=1e-6)
+
+
+def test_hflip_mirrors_about_half_the_images():
+    x = torch.tensor([0.0, 1.0]).expand(4000, 1, 1, 2)  # each image is [0, 1]; its mirror is [1, 0]
+    y = random_hflip(x, torch.Generator().manual_seed(0))
+    flipped = y[:, 0, 0, 0] == 1.0
+    assert torch.equal(y[flipped], x[flipped].flip(-1)) and torch.equal(y[~flipped], x[~flipped])
+    assert abs(flipped.float().mean().item() - 0.5) < 0.03
+
+
+def test_batch_order_is_a_function_of_seed_and_step_and_ranks_split_it():
+    def batches(start, end, info=DistInfo()):
+        return list(StepBatchSampler(20, 4, seed=3, start_step=start, end_step=end, info=info))
+
+    full = batches(0, 12)  # 5 steps per epoch: epochs 0, 1 and part of 2
+    assert full[7:] == batches(7, 12)  # resuming mid-epoch continues the same order
+    for e in range(2):
+        assert sorted(i for b in full[5 * e : 5 * e + 5] for i in b) == list(range(20))  # an epoch sees each once
+    assert full[:5] != full[5:10]  # a new permutation every epoch
+    ranks = [batches(0, 12, DistInfo(rank=r, world_size=2)) for r in range(2)]
+    assert all(r0 + r1 == g for r0, r1, g in zip(*ranks, full, strict=True))
+    assert batches(0, 5) != list(StepBatchSampler(20, 4, seed=4, start_step=0, end_step=5))
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, out: str, result_dir: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    summary = train(tiny_config(out, steps=3, ckpt_every=3), progress=False)
+    with open(f"{result_dir}/rank{rank}.json", "w") as f:
+        json.dump(summary, f)
+
+
+def test_ddp_gloo_two_ranks_complete_and_agree(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    mp.spawn(_ddp_worker, args=(2, port, str(out), str(tmp_path)), nprocs=2, join=True)
+    s0, s1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert s0["world_size"] == s1["world_size"] == 2
+    assert s0["params_digest"] == s1["params_digest"]  # identical weights on both ranks
+    assert s0["final_loss"] == s1["final_loss"]  # the logged loss is the mean over ranks
+    model, _ = load_checkpoint(out, ema=False)
+    assert params_digest(model) == s0["params_digest"]  # rank 0 saved what both ranks hold
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3]
