@@ -23,6 +23,13 @@ DEFAULT_ROOT = Path(os.environ.get("DIMSTUDY_RESULTS", "results"))
 
 @functools.lru_cache(maxsize=1)
 def git_sha() -> str:
+    """The commit the code came from, '-dirty' when tracked files differ from it.
+
+    A copy of the tree without .git (a remote GPU machine, a wheel) can't tell; there the launcher passes
+    it in DIMSTUDY_GIT_SHA. Without either, 'unknown'.
+    """
+    if os.environ.get("DIMSTUDY_GIT_SHA"):
+        return os.environ["DIMSTUDY_GIT_SHA"]
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)

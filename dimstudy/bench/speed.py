@@ -73,6 +73,7 @@ class SpeedConfig:
     skip_after_oom: bool = True  # a larger resolution at the same model and batch is not tried after an OOM
     measure_rates: bool = True
     results: str | None = None  # results root; None: dimstudy.results.DEFAULT_ROOT
+    sweep: str | None = None  # continue this sweep id: points it already has rows for are not run again
     inject: dict[str, str] = field(default_factory=dict)  # "resolution" -> one of INJECT (tests only)
 
 
@@ -349,11 +350,16 @@ def run_sweep(cfg: SpeedConfig, progress: bool = True, echo=None) -> list[dict]:
     """Measure every point of `cfg`, one process each; append each row to the `speed` table as it lands."""
     from tqdm import tqdm
 
-    from dimstudy.results import append_row, environment
+    from dimstudy.results import append_row, environment, read_table
 
     points = validate(cfg)
     dev = resolve_device(cfg.device)
-    sweep = new_sweep_id()
+    sweep = cfg.sweep or new_sweep_id()
+    if cfg.sweep:  # an interrupted sweep goes on where it stopped; finished points are never redone
+        have = read_table(TABLE, cfg.results)
+        have = have[have["sweep"] == cfg.sweep] if "sweep" in have else have.iloc[:0]
+        done = set(zip(have.get("model", []), have.get("resolution", []), have.get("batch", []), strict=True))
+        points = [p for p in points if (p[1], p[2], p[3]) not in done]
     say = echo or (lambda msg: None)
     rates = {}
     if cfg.measure_rates:  # once per sweep, same GPU, own process

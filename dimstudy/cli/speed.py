@@ -62,6 +62,8 @@ def register(app: typer.Typer) -> None:
         measure_rates: Annotated[bool, typer.Option(help="Measure matmul TFLOP/s and copy GB/s first (for MFU and "
                                                     "the floor).")] = True,
         report: Annotated[bool, typer.Option(help="Write <DIR>/speed_fig3.png and speed_summary.md for this sweep.")] = True,
+        sweep: Annotated[str | None, typer.Option(help="Continue the sweep with this id (from its rows): points "
+                                                  "already measured are skipped, new rows join it.")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="List the points with tokens and GFLOPs; time nothing.")] = False,
         inject_failure: Annotated[str | None, typer.Option(hidden=True, help="Test hook: RES:oom|error|crash.")] = None,
     ):
@@ -82,7 +84,7 @@ def register(app: typer.Typer) -> None:
             dtype=dtype, mode=mode, compile=compile, cuda_graphs=cuda_graphs, warmup=warmup, repeats=repeats,
             budget_s=budget, timeout_s=timeout, seed=seed, device=device, scan_backend=scan_backend,
             attn_backend=attn_backend, skip_after_oom=skip_after_oom, measure_rates=measure_rates,
-            results=str(results) if results else None, inject=_inject(inject_failure),
+            results=str(results) if results else None, sweep=sweep, inject=_inject(inject_failure),
         )
         if dry_run:
             from dimstudy.bench.speed import model_overrides
@@ -133,9 +135,12 @@ def _finish(rows: list[dict], results: str | None, report: bool) -> None:
     import pandas as pd
 
     from dimstudy.report.speed import plot_fig3, speed_summary_markdown
-    from dimstudy.results import DEFAULT_ROOT
+    from dimstudy.results import DEFAULT_ROOT, read_table
 
     df = pd.DataFrame(rows)
+    if not df.empty:  # the whole sweep, also the points an earlier, interrupted run of it measured
+        table = read_table("speed", results)
+        df = table[table["sweep"] == df["sweep"].iloc[0]] if "sweep" in table else df
     summary = speed_summary_markdown(df)
     typer.echo(summary)
     bad = sum(r["status"] != "ok" for r in rows)
