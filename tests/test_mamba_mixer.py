@@ -146,3 +146,18 @@ def test_set_scan_backend_checks_the_name_even_without_mixers():
         set_scan_backend(nn.Linear(2, 2), "fast")
     assert set_scan_backend(nn.Linear(2, 2), "torch") == 0
     assert "scan_backend='auto'" in repr(Mamba(16))
+
+
+@pytest.mark.parametrize("length", [1, 7, 9, 366])
+def test_padding_the_length_to_a_multiple_of_8_changes_no_output(length):
+    torch.manual_seed(0)
+    m = Mamba(32, scan_backend="ref").double()
+    x = torch.randn(2, length, 32, dtype=torch.float64, requires_grad=True)
+    padded = m(x)
+    m.pad_multiple = 1
+    plain = m(x)
+    assert padded.shape == plain.shape == x.shape
+    assert (padded - plain).abs().max() < 1e-12
+    g1, = torch.autograd.grad(padded.sum(), x)
+    g2, = torch.autograd.grad(plain.sum(), x)
+    assert (g1 - g2).abs().max() < 1e-12
