@@ -6,6 +6,7 @@ import typer
 
 from dimstudy.cli import fid as _fid
 from dimstudy.cli import models as _models
+from dimstudy.cli import resolution as _resolution
 from dimstudy.cli import sample as _sample
 from dimstudy.cli import speed as _speed
 from dimstudy.cli import train as _train
@@ -28,6 +29,7 @@ _fid.register(app)
 _train.register(app)
 _sample.register(app)
 _speed.register(app)
+_resolution.register(app)
 
 
 def main() -> None:

@@ -34,6 +34,8 @@ class TrainConfig:
     data_dir: str | None = None
     class_cond: bool = False
     schedule: str = "vpsde"
+    init_from: str | None = None  # torch-saved state dict to start from instead of a fresh init; the EMA
+    # starts equal to it (weak-to-strong fine-tune, see dimstudy.resolution). Ignored when resuming.
     # optimisation
     lr: float = 2e-4
     weight_decay: float = 0.03

@@ -116,25 +116,33 @@ def draw_samples(
     seed: int = 0,
     device=None,
     progress: bool = False,
+    img_size: int | None = None,
+    upsample: dict | None = None,
 ) -> torch.Tensor:
     """n images (n, C, H, W) in [-1, 1] on the CPU, drawn in batches from one seeded generator.
 
     A class-conditional model (num_classes > 0) gets `labels` (n,), or labels drawn uniformly from the seed.
+    img_size: sample at this side instead of the model's own (it interpolates its positional embedding).
+    upsample: UpsampleGuidance options {"m", "theta", "eta"}: Eq. (4) guidance, which then applies the CFG.
     """
+    from dimstudy.diffusion.guidance import UpsampleGuidance
     from dimstudy.diffusion.samplers import sample
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     num_classes = getattr(model, "num_classes", 0)
+    null_class = num_classes if num_classes else None
     if num_classes and labels is None:
         labels = torch.randint(num_classes, (n,), generator=torch.Generator().manual_seed(seed))
     g = torch.Generator(device).manual_seed(seed)
-    shape = (model.in_chans, model.img_size, model.img_size)
+    shape = (model.in_chans, img_size or model.img_size, img_size or model.img_size)
+    eps_fn = UpsampleGuidance(model, schedule, cfg_scale=cfg_scale, null_class=null_class, **upsample) if upsample else None
     out = []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         y = labels[start : start + b].to(device) if num_classes else None
-        x = sample(model, schedule, (b, *shape), sampler=sampler, steps=steps, y=y, cfg_scale=cfg_scale,
-                   null_class=num_classes if num_classes else None, generator=g, device=device, progress=progress)
+        x = sample(model, schedule, (b, *shape), sampler=sampler, steps=steps, y=y,
+                   cfg_scale=0.0 if eps_fn else cfg_scale, null_class=null_class, generator=g, device=device,
+                   progress=progress, eps_fn=eps_fn)
         out.append(x.clamp(-1, 1).cpu())
     return torch.cat(out)
 
@@ -218,7 +226,9 @@ def train(
         model_args = {"name": cfg.model, "kwargs": {"img_size": ds.resolution, "in_chans": ds.channels,
                                                      "num_classes": num_classes, **cfg.model_kwargs}}
         raw = build_model(model_args).to(device)
-        ema = EMA(raw, cfg.ema_decay)
+        if cfg.init_from and not resume:
+            raw.load_state_dict(torch.load(cfg.init_from, map_location=device, weights_only=True))
+        ema = EMA(raw, cfg.ema_decay)  # a copy of the starting weights: a fine-tune's EMA is reset to them
         opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_factor(cfg.warmup_steps))
         amp_dtype = autocast_dtype(cfg.precision, device)
