@@ -75,21 +75,27 @@ def count_flops(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Ten
         b, length, d = inp[0].shape
         add(attention_macs(m, b, length, d) if isinstance(m, Attention) else mamba_macs(m, b, length))
 
-    handles, inside = [], set()
+    hooks, inside = [], set()
     for m in model.modules():
         if isinstance(m, Attention) or hasattr(m, "d_inner") and hasattr(m, "d_state"):
-            handles.append(m.register_forward_hook(composite_hook))
+            hooks.append((m, composite_hook))
             inside.update(id(c) for c in m.modules() if c is not m)
     for m in model.modules():
         if id(m) not in inside and isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            handles.append(m.register_forward_hook(leaf_hook))
+            hooks.append((m, leaf_hook))
+    forward_with_hooks(model, hooks, x, t, y)
+    return count
+
+
+def forward_with_hooks(model: nn.Module, hooks, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> None:
+    """One no-grad forward of model(x, t, y) with `(module, forward_hook)` pairs attached, then detached."""
+    handles = [m.register_forward_hook(h) for m, h in hooks]
     try:
         with torch.no_grad():
             model(x, t, y)
     finally:
         for h in handles:
             h.remove()
-    return count
 
 
 def count_params(model: nn.Module) -> int:

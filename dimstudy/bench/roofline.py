@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from dimstudy.bench.timing import DTYPES, resolve_device, time_fn
+from dimstudy.flops import forward_with_hooks
 from dimstudy.ops.attention import Attention
 
 
@@ -112,13 +113,7 @@ def min_bytes(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tenso
         nonlocal total
         total += (nbytes(inp[0]) if inp else 0.0) + nbytes(out)
 
-    handles = [m.register_forward_hook(hook) for m in _layers(model)]
-    try:
-        with torch.no_grad():
-            model(x, t, y)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, [(m, hook) for m in _layers(model)], x, t, y)
     return total
 
 
