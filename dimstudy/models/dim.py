@@ -37,7 +37,6 @@ from dimstudy.models.scans import block_schedule, parse_patterns, transition_ind
 from dimstudy.ops.mamba import Mamba
 from dimstudy.registry import register_model
 
-NUM_PAD = 3  # = d_conv: enough pad tokens that the causal conv never mixes the end of one line with the next
 
 
 class DiMBlock(nn.Module):
@@ -101,7 +100,8 @@ class DiM(nn.Module):
         )
         self.patterns = parse_patterns(scan_patterns) if multi_scan else ("1",)
         self.schedule = block_schedule(depth, self.patterns)
-        self.num_pad = NUM_PAD if padding_tokens else 0
+        # d_conv pad tokens (3 in DiM): the causal conv then never mixes the end of one line with the next.
+        self.num_pad = d_conv if padding_tokens else 0
         self.num_extra = 2 + self.num_pad  # t, c, then the separators
 
         self.patch_embed = PatchEmbed(in_chans, dim, patch_size)
