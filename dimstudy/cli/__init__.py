@@ -9,6 +9,7 @@ from dimstudy.cli import models as _models
 from dimstudy.cli import resolution as _resolution
 from dimstudy.cli import sample as _sample
 from dimstudy.cli import speed as _speed
+from dimstudy.cli import study as _study
 from dimstudy.cli import train as _train
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ _train.register(app)
 _sample.register(app)
 _speed.register(app)
 _resolution.register(app)
+_study.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,239 @@
+"""`dimstudy ablate`, `scan-study`, `sweep`, `worker` and `report`: the paper's ablations and sweeps as studies.
+
+A study preset (experiments/studies/<name>.toml, or any path) fills a StudyConfig; flags override it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dimstudy.cli.common import friendly, split_list
+
+# -- options shared by ablate, scan-study and sweep (each maps to one StudyConfig field) ---------------------
+Preset = Annotated[str | None, typer.Option(help="Study preset: smoke, gpu-small, paper (experiments/studies/), or a .toml path.")]
+StudyName = Annotated[str | None, typer.Option("--study", help="Study name (default: the preset's name); results go to RESULTS/NAME/.")]
+Seeds = Annotated[str | None, typer.Option(help="Seeds, comma-separated, e.g. 0,1: every variant runs once per seed.")]
+Results = Annotated[str | None, typer.Option("--results", help="Results root (rows, report, default storage).")]
+Runs = Annotated[str | None, typer.Option("--runs", help="Where run directories (checkpoints) go.")]
+Storage = Annotated[str | None, typer.Option(help="Optuna storage URL (default sqlite:///RESULTS/NAME/optuna.db), "
+                                            "e.g. postgresql://user@host/db to share the study between machines.")]
+Workers = Annotated[int | None, typer.Option(help="Local worker processes pulling trials (several can share a GPU); "
+                                            "0: only enqueue the grid, for `dimstudy worker`s or a later command.")]
+Nproc = Annotated[int | None, typer.Option(help="GPUs per trial: >1 trains through torchrun --nproc_per_node N.")]
+Threads = Annotated[int | None, typer.Option(help="torch CPU threads per worker (default: cores // workers).")]
+Model = Annotated[str | None, typer.Option(help="Registered model, e.g. dim_s_2.")]
+Dataset = Annotated[str | None, typer.Option(help="Training data: digits (offline), cifar10, folder, latents.")]
+DataDir = Annotated[str | None, typer.Option(help="Where the dataset lives.")]
+Resolution = Annotated[int | None, typer.Option(help="Image side in pixels.")]
+Steps = Annotated[int | None, typer.Option(help="Training steps per trial.")]
+BatchSize = Annotated[int | None, typer.Option(help="Training batch size.")]
+Lr = Annotated[float | None, typer.Option(help="AdamW learning rate.")]
+Warmup = Annotated[int | None, typer.Option(help="Linear LR warm-up steps.")]
+Ema = Annotated[float | None, typer.Option(help="EMA decay.")]
+Precision = Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")]
+Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda.")]
+ScanBackend = Annotated[str | None, typer.Option(help="Selective-scan kernel: auto, torch, ref or cuda.")]
+NumSamples = Annotated[int | None, typer.Option(help="Samples per FID.")]
+Sampler = Annotated[str | None, typer.Option(help="Diffusion sampler for FID: dpm_solver, dpm_solver++, ddim, euler_maruyama.")]
+SampleSteps = Annotated[int | None, typer.Option(help="Sampler steps.")]
+Reference = Annotated[str | None, typer.Option(help="FID reference: dataset name or image folder (default: the training data).")]
+NumReference = Annotated[int | None, typer.Option(help="Reference images (default: all).")]
+Sets = Annotated[list[str] | None, typer.Option("--set", help="Any StudyConfig field as KEY=VALUE (TOML value), dotted for "
+                                                 "tables: --set train.weight_decay=0 --set eval.kid=false --set grace_s=120.")]
+Report = Annotated[bool, typer.Option("--report/--no-report", help="Write the report when the study is done.")]
+
+
+def study_config(preset, overrides: dict, sets: list[str] | None):
+    """Preset, then the flags (None: keep the preset's), then --set: a StudyConfig."""
+    from dimstudy.cli.train import parse_set
+    from dimstudy.study.config import deep_merge, load_study_config
+
+    return load_study_config(preset, deep_merge(overrides, parse_set(sets or [])))
+
+
+def _common(study, seeds, results, runs, storage, workers, nproc, threads, model, dataset, data_dir, resolution, steps,
+            batch_size, lr, warmup_steps, ema_decay, precision, device, scan_backend, num_samples, sampler, sample_steps,
+            reference, num_reference) -> dict:
+    return {
+        "name": study, "seeds": [int(s) for s in split_list(seeds)] or None, "results_dir": results, "runs_dir": runs,
+        "storage": storage, "workers": workers, "nproc": nproc, "threads": threads,
+        "train": {"model": model, "dataset": dataset, "data_dir": data_dir, "resolution": resolution, "steps": steps,
+                  "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps, "ema_decay": ema_decay,
+                  "precision": precision, "device": device,
+                  "model_kwargs": {"scan_backend": scan_backend} if scan_backend else None},
+        "eval": {"num_samples": num_samples, "sampler": sampler, "steps": sample_steps, "reference": reference,
+                 "num_reference": num_reference},
+    }
+
+
+def _print_outcome(result: dict, cfg) -> None:
+    counts = result["counts"]
+    typer.echo(f"study {cfg.name!r}: trials {counts}")
+    report = result.get("report")
+    if report:
+        out = Path(report).parent
+        for name in ("tab4_ablation.md", "tab6_scans.md", "sweep.md"):
+            if (out / name).exists():
+                typer.echo("\n" + (out / name).read_text(encoding="utf-8").strip())
+        typer.echo("")
+        for name, what in (("tab4_ablation.md", "Tab. 4 table"), ("fid_tab4.png", "Tab. 4 plot"),
+                           ("tab6_scans.md", "Tab. 6 table"), ("fid_tab6.png", "Tab. 6 plot"),
+                           ("sweep.md", "sweep table"), ("loss_curves.png", "loss curves")):
+            if (out / name).exists():
+                typer.echo(f"{what}: {out / name}")
+        typer.echo(f"report: {report}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("ablate")
+    @friendly
+    def ablate(
+        drop: Annotated[list[str] | None, typer.Option(help="Component to switch off, one variant per flag (repeat; "
+                                                       "a comma-list drops several in one variant); 'each' = Tab. 4's "
+                                                       "rows. Names: multi_scan, long_skip, padding_tokens, local_conv.")] = None,
+        preset: Preset = None, study: StudyName = None, seeds: Seeds = None, results: Results = None, runs: Runs = None,
+        storage: Storage = None, workers: Workers = None, nproc: Nproc = None, threads: Threads = None,
+        model: Model = None, dataset: Dataset = None, data_dir: DataDir = None, resolution: Resolution = None,
+        steps: Steps = None, batch_size: BatchSize = None, lr: Lr = None, warmup_steps: Warmup = None,
+        ema_decay: Ema = None, precision: Precision = None, device: Device = None, scan_backend: ScanBackend = None,
+        num_samples: NumSamples = None, sampler: Sampler = None, sample_steps: SampleSteps = None,
+        reference: Reference = None, num_reference: NumReference = None, set_: Sets = None, report: Report = True,
+    ):
+        """Train and score the full DiM and each ablation (paper Tab. 4) under one budget, seeds and data.
+
+        Every variant x seed is one Optuna trial, run exactly once; a killed study continues where it stopped
+        when re-run. Ends with the report (tables, plots) under RESULTS/STUDY/report/.
+
+        Example: dimstudy ablate --preset smoke --drop each
+        """
+        from dimstudy.study.grid import ablation_variants, check_drop_names
+        from dimstudy.study.run import run_grid
+
+        over = _common(study, seeds, results, runs, storage, workers, nproc, threads, model, dataset, data_dir,
+                       resolution, steps, batch_size, lr, warmup_steps, ema_decay, precision, device, scan_backend,
+                       num_samples, sampler, sample_steps, reference, num_reference)
+        drops = list(drop) if drop else None
+        if drops:
+            check_drop_names(drops)
+        cfg = study_config(preset, {**over, "drop": drops}, set_)
+        check_drop_names(cfg.drop)
+        _print_outcome(run_grid(cfg, ablation_variants(cfg.drop), report=report), cfg)
+
+    @app.command("scan-study")
+    @friendly
+    def scan_study(
+        patterns: Annotated[str | None, typer.Option(help="Scan-pattern strings, comma-separated: 1234,12,1 (Tab. 6); "
+                                                     "keys 1-4 are the paper's, 5-8 zigzag orders.")] = None,
+        preset: Preset = None, study: StudyName = None, seeds: Seeds = None, results: Results = None, runs: Runs = None,
+        storage: Storage = None, workers: Workers = None, nproc: Nproc = None, threads: Threads = None,
+        model: Model = None, dataset: Dataset = None, data_dir: DataDir = None, resolution: Resolution = None,
+        steps: Steps = None, batch_size: BatchSize = None, lr: Lr = None, warmup_steps: Warmup = None,
+        ema_decay: Ema = None, precision: Precision = None, device: Device = None, scan_backend: ScanBackend = None,
+        num_samples: NumSamples = None, sampler: Sampler = None, sample_steps: SampleSteps = None,
+        reference: Reference = None, num_reference: NumReference = None, set_: Sets = None, report: Report = True,
+    ):
+        """Train and score DiM with each set of scan patterns (paper Tab. 6), all other designs on.
+
+        Shares its trials with `ablate` on the same study: pattern 1234 is the full model, and 1 is -MS.
+
+        Example: dimstudy scan-study --preset smoke --patterns 1234,12,1
+        """
+        from dimstudy.study.grid import scan_variants
+        from dimstudy.study.run import run_grid
+
+        over = _common(study, seeds, results, runs, storage, workers, nproc, threads, model, dataset, data_dir,
+                       resolution, steps, batch_size, lr, warmup_steps, ema_decay, precision, device, scan_backend,
+                       num_samples, sampler, sample_steps, reference, num_reference)
+        cfg = study_config(preset, {**over, "patterns": split_list(patterns) or None}, set_)
+        _print_outcome(run_grid(cfg, scan_variants(cfg.patterns), report=report), cfg)
+
+    @app.command("sweep")
+    @friendly
+    def sweep(
+        space: Annotated[list[str] | None, typer.Option(help="Search-space entry NAME=LOW:HIGH[:log] or NAME=A,B,... "
+                                                        "(repeat); NAME is a TrainConfig field or model_kwargs.FLAG, e.g. "
+                                                        "lr=1e-4:3e-3:log, ema_decay=0.99,0.999, model_kwargs.d_state=8,16. "
+                                                        "Default: the preset's [sweep.space].")] = None,
+        n_trials: Annotated[int | None, typer.Option(help="Trials in total (workers share the count).")] = None,
+        optuna_sampler: Annotated[str | None, typer.Option(help="tpe, random, cmaes, qmc or gp.")] = None,
+        pruner: Annotated[str | None, typer.Option(help="median, percentile, hyperband, successive_halving or none.")] = None,
+        metric: Annotated[str | None, typer.Option(help="Objective (minimised): fid or loss.")] = None,
+        report_on: Annotated[str | None, typer.Option(help="What the pruner sees during training: loss or fid.")] = None,
+        report_every: Annotated[int | None, typer.Option(help="Steps between pruner reports (0: 10 per trial).")] = None,
+        preset: Preset = None, study: StudyName = None, seeds: Seeds = None, results: Results = None, runs: Runs = None,
+        storage: Storage = None, workers: Workers = None, nproc: Nproc = None, threads: Threads = None,
+        model: Model = None, dataset: Dataset = None, data_dir: DataDir = None, resolution: Resolution = None,
+        steps: Steps = None, batch_size: BatchSize = None, lr: Lr = None, warmup_steps: Warmup = None,
+        ema_decay: Ema = None, precision: Precision = None, device: Device = None, scan_backend: ScanBackend = None,
+        num_samples: NumSamples = None, sampler: Sampler = None, sample_steps: SampleSteps = None,
+        reference: Reference = None, num_reference: NumReference = None, set_: Sets = None, report: Report = True,
+    ):
+        """Hyperparameter search with an Optuna sampler and pruner on FID or loss.
+
+        The study defaults to PRESET-sweep. Intermediate losses (or quick FIDs) go to the pruner.
+
+        Example: dimstudy sweep --preset smoke --n-trials 6 --space lr=3e-4:3e-3:log --space model_kwargs.d_state=8,16
+        """
+        from dimstudy.study.run import run_sweep
+        from dimstudy.study.sweep import parse_space_option
+
+        over = _common(study, seeds, results, runs, storage, workers, nproc, threads, model, dataset, data_dir,
+                       resolution, steps, batch_size, lr, warmup_steps, ema_decay, precision, device, scan_backend,
+                       num_samples, sampler, sample_steps, reference, num_reference)
+        over["sweep"] = {"n_trials": n_trials, "sampler": optuna_sampler, "pruner": pruner, "metric": metric,
+                         "report": report_on, "report_every": report_every}
+        cfg = study_config(preset, over, set_)
+        if space:
+            cfg.sweep.space = parse_space_option(space)
+        if study is None:
+            cfg.name = f"{cfg.name}-sweep"
+        _print_outcome(run_sweep(cfg, report=report), cfg)
+
+    @app.command("worker")
+    @friendly
+    def worker(
+        study: Annotated[str, typer.Option("--study", help="Name of an existing study.")],
+        storage: Storage = None,
+        results: Annotated[str, typer.Option("--results", help="Results root (rows; the default SQLite storage).")] = "results",
+        threads: Threads = None,
+        device: Device = None,
+        max_trials: Annotated[int | None, typer.Option(help="Stop after this many trials.")] = None,
+        wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait while other workers' trials run (to pick "
+                                           "up a re-queued one), or stop when nothing waits.")] = True,
+    ):
+        """Join a study and run its remaining trials (start one per machine or GPU; they share the storage).
+
+        Example: dimstudy worker --study gpu-small --storage postgresql://user@db-host/dimstudy
+        """
+        from dimstudy.study.run import run_worker
+
+        n = run_worker(study, storage, results, threads=threads, device=device, max_trials=max_trials, wait=wait)
+        typer.echo(f"worker done: ran {n} trial(s) of study {study!r}")
+
+    @app.command("report")
+    @friendly
+    def report_cmd(
+        study: Annotated[str | None, typer.Option("--study", help="Study name (default: every study under RESULTS).")] = None,
+        results: Annotated[str, typer.Option("--results", help="Results root.")] = "results",
+        out: Annotated[str | None, typer.Option(help="Output directory (default RESULTS/STUDY/report).")] = None,
+        storage: Annotated[str | None, typer.Option(help="First gather the rows that workers on other machines "
+                                                    "stored in this Optuna storage (needs --study).")] = None,
+    ):
+        """Tables (Markdown, LaTeX, CSV) in the layout of the paper's Tab. 4, 6 and 1, plots, and the report.
+
+        Example: dimstudy report --study smoke
+        """
+        from dimstudy.report.build import build_report
+
+        if (out or storage) and study is None:
+            raise ValueError("--out and --storage need --study")
+        if storage:
+            from dimstudy.study.rows import sync_rows
+            from dimstudy.study.runner import attach
+
+            found, _ = attach(study, storage, results)
+            typer.echo(f"gathered {sync_rows(found, Path(results) / study)} row(s) from {storage}")
+        build_report(Path(results), study, out, log=typer.echo)

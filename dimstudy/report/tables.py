@@ -1,0 +1,214 @@
+"""The paper's tables from the `runs` rows: Tab. 4 (components), Tab. 6 (scan patterns), Tab. 1 (model sizes).
+
+Each table is a function from the rows (`dimstudy.study.read_runs`) to a numeric DataFrame (what the CSV
+holds: fid_mean, fid_std, seeds, ...); `display` turns one into text cells (check marks, "mean ± std"),
+which `markdown` and `latex` render. The paper's numbers sit in their own, labelled column, never mixed with
+ours: they are CIFAR-10 FID-50K, and ours are whatever the rows say (the report states it).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pandas as pd
+
+from dimstudy.components import COMPONENTS
+from dimstudy.report.speed import markdown_table
+from dimstudy.study.grid import TAB4_DROPS, TAB6_PATTERNS, make_variant
+
+# The paper's FIDs (CIFAR-10, FID-50K): Tab. 4 by the components that are off, Tab. 6 by scan patterns.
+PAPER_TAB4 = dict(zip([make_variant(d).key for d in TAB4_DROPS], [2.92, 3.07, 2.94, 6.23, 17.60], strict=True))
+PAPER_TAB6 = dict(zip(TAB6_PATTERNS, [2.92, 2.91, 17.60], strict=True))
+PAPER_COL = {"tab4": "paper FID (Tab. 4)", "tab6": "paper FID (Tab. 6)"}
+ABBREV = {c.name: c.abbrev for c in COMPONENTS.values()}  # multi_scan -> MS, ...
+CIRCLED = dict(zip("12345678", "①②③④⑤⑥⑦⑧", strict=True))
+SPREAD = "std"  # what ± means: the sample standard deviation over seeds (ddof=1)
+
+
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Finished rows, one per (study, key): a trial re-run after a crash counts once (its latest row)."""
+    if df.empty or "status" not in df:
+        return df.iloc[0:0]
+    ok = df[df["status"] == "ok"]
+    if "timestamp" in ok:
+        ok = ok.sort_values("timestamp")
+    return ok.drop_duplicates(["study", "key"], keep="last").reset_index(drop=True)
+
+
+def seed_stats(rows: pd.DataFrame, value: str, by: str = "variant_key") -> pd.DataFrame:
+    """Per group: mean, std (ddof=1; NaN for one seed), number of seeds, and the seeds' values."""
+    if rows.empty or value not in rows:
+        return pd.DataFrame(columns=[by, f"{value}_mean", f"{value}_std", "seeds", f"{value}_values"])
+    if "seed" in rows:
+        rows = rows.sort_values("seed", kind="stable")
+    g = rows.groupby(by, sort=False)[value]
+    return pd.DataFrame({
+        f"{value}_mean": g.mean(), f"{value}_std": g.std(ddof=1), "seeds": g.count(),
+        f"{value}_values": g.apply(lambda s: [float(v) for v in s]),
+    }).reset_index()
+
+
+def _table(rows: pd.DataFrame, order: list[str], paper_col: str, paper_fid, label_fn) -> pd.DataFrame:
+    """One line per network (variant_key): labels, component flags, FID mean/std over seeds, the paper's FID
+    (paper_fid(key, first_row) -> float or NaN), in `order` first."""
+    first = rows.drop_duplicates("variant_key").set_index("variant_key")
+    stats = seed_stats(rows, "fid").set_index("variant_key")
+    loss = seed_stats(rows, "final_loss").set_index("variant_key")
+    keys = [k for k in order if k in first.index] + sorted(k for k in first.index if k not in order)
+    return pd.DataFrame({
+        "variant": [label_fn(first.loc[k]) for k in keys],
+        **{ABBREV[c]: [bool(first.loc[k, c]) for k in keys] for c in COMPONENTS},
+        "scan_patterns": [str(first.loc[k, "scan_patterns"]) for k in keys],
+        "fid_mean": [stats.loc[k, "fid_mean"] for k in keys],
+        "fid_std": [stats.loc[k, "fid_std"] for k in keys],
+        "seeds": [int(stats.loc[k, "seeds"]) for k in keys],
+        "fid_values": [stats.loc[k, "fid_values"] for k in keys],
+        "final_loss_mean": [loss.loc[k, "final_loss_mean"] if k in loss.index else math.nan for k in keys],
+        "params_m": [first.loc[k, "params_m"] for k in keys],
+        "gflops": [first.loc[k, "gflops"] for k in keys],
+        paper_col: [paper_fid(k, first.loc[k]) for k in keys],
+        "variant_key": keys,
+    })
+
+
+def _grid_rows(df: pd.DataFrame) -> pd.DataFrame:
+    rows = ok_rows(df)
+    if rows.empty:
+        return rows
+    rows = rows[rows.get("kind", pd.Series("grid", index=rows.index)) == "grid"]
+    return rows[rows["fid"].notna()] if "fid" in rows else rows.iloc[0:0]
+
+
+def ablation_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Tab. 4: DiM and its ablations (rows that scan 1234, or only 1 with multi_scan off), paper order first."""
+    rows = _grid_rows(df)
+    if rows.empty:
+        return rows
+    rows = rows[rows["scan_patterns"].astype(str).isin(["1234", "1"])]
+    if rows.empty:
+        return rows
+
+    def label(r):
+        flags = {c: bool(r[c]) for c in COMPONENTS}
+        return "full" if all(flags.values()) else "".join(f"−{ABBREV[c]}" for c, on in flags.items() if not on)
+
+    return _table(rows, list(PAPER_TAB4), PAPER_COL["tab4"], lambda k, r: PAPER_TAB4.get(k, math.nan), label)
+
+
+def scan_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Tab. 6: scan patterns, rows with long skips, pad tokens and convs all on; Tab. 6's order first."""
+    rows = _grid_rows(df)
+    if rows.empty:
+        return rows
+    rows = rows[rows["long_skip"].astype(bool) & rows["padding_tokens"].astype(bool) & rows["local_conv"].astype(bool)]
+    if rows.empty:
+        return rows
+    order = [make_variant((), p).key for p in TAB6_PATTERNS]
+    return _table(rows, order, PAPER_COL["tab6"], lambda k, r: PAPER_TAB6.get(str(r["scan_patterns"]), math.nan),
+                  lambda r: str(r["scan_patterns"]))
+
+
+def sizes_table() -> pd.DataFrame:
+    """Tab. 1: DiM-S/L/H (32x32 input, as the paper counts them) beside the paper's numbers.
+
+    Counted by dimstudy.flops.summarize: parameters, and GMACs at batch 1 with and without the pad tokens.
+    """
+    rows = []
+    for name in ("dim_s_2", "dim_l_2", "dim_h_2"):
+        s = _summarize(name, 32)
+        rows.append({"model": name, "input": s["input"], "blocks": s["blocks"], "width": s["width"],
+                     "params (M)": s["params_m"], "GFLOPs": s["gflops"], "GFLOPs w/o pads": s["gflops_no_pads"],
+                     "paper params (M) (Tab. 1)": s["paper_params_m"], "paper GFLOPs (Tab. 1)": s["paper_gflops"]})
+    return pd.DataFrame(rows)
+
+
+@functools.cache
+def _summarize(name: str, resolution: int) -> dict:
+    """dimstudy.flops.summarize, once per process (counting DiM-H's FLOPs takes a few seconds)."""
+    from dimstudy.flops import summarize
+
+    return summarize(name, resolution)
+
+
+def sweep_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Sweep trials, best first: status, the sampled values, final loss and FID."""
+    if df.empty or "kind" not in df:
+        return pd.DataFrame()
+    rows = df[df["kind"] == "sweep"]
+    if rows.empty:
+        return rows
+    if "timestamp" in rows:
+        rows = rows.sort_values("timestamp")
+    rows = rows.drop_duplicates(["study", "key"], keep="last")
+    params = [c for c in rows.columns if c.startswith("params.")]
+    cols = ["study", "trial", "status", *params, *(c for c in ("final_loss", "fid", "num_samples", "wall_s") if c in rows)]
+    metric = "fid" if "fid" in rows and rows["fid"].notna().any() else "final_loss"
+    out = rows[cols].rename(columns={c: c.removeprefix("params.") for c in params})
+    return out.sort_values(metric, na_position="last").reset_index(drop=True)
+
+
+# -- rendering ----------------------------------------------------------------------------------------------
+def mean_spread(mean: float, std: float, n: int, digits: int = 2) -> str:
+    """'12.34 ± 0.56' for several seeds, '12.34' for one, '' for none."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return ""
+    if n > 1 and not math.isnan(std):
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}"
+
+
+def display(table: pd.DataFrame, fid_header: str = "FID (ours)") -> pd.DataFrame:
+    """Text cells in the paper's layout: component check marks, patterns, FID mean ± std, seeds, paper FID."""
+    if table.empty:
+        return table
+    paper_col = next(c for c in table.columns if c.startswith("paper FID"))
+    out = pd.DataFrame()
+    if paper_col == PAPER_COL["tab6"]:
+        out["Scanning patterns"] = [f"{''.join(CIRCLED[c] for c in p)} ({p})" for p in table["scan_patterns"]]
+    else:
+        for c in COMPONENTS.values():
+            out[c.abbrev] = ["✓" if v else "" for v in table[c.abbrev]]
+        out["variant"] = table["variant"]
+    out[fid_header] = [mean_spread(m, s, n) for m, s, n in zip(table["fid_mean"], table["fid_std"], table["seeds"], strict=True)]
+    out["seeds"] = table["seeds"].astype(int)
+    out["final loss"] = [mean_spread(v, math.nan, 1, 4) for v in table["final_loss_mean"]]
+    out["params (M)"] = [f"{v:.3g}" for v in table["params_m"]]
+    out[paper_col] = [f"{v:.2f}" if not math.isnan(v) else "—" for v in table[paper_col]]
+    return out
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    return markdown_table(frame)
+
+
+def latex(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:
+    """A booktabs tabular (needs \\usepackage{booktabs} and amssymb for \\checkmark) of text cells."""
+    def cell(v) -> str:
+        s = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+        for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                     ("✓", r"\checkmark"), ("±", r"$\pm$"), ("−", "$-$"), ("—", "--")):
+            s = s.replace(a, b)
+        for k, c in CIRCLED.items():
+            s = s.replace(c, rf"\textcircled{{{k}}}")
+        return s
+
+    cols = list(frame.columns)
+    lines = [r"\begin{table}[t]", r"\centering"]
+    if caption:
+        lines.append(rf"\caption{{{cell(caption)}}}")
+    if label:
+        lines.append(rf"\label{{{label}}}")
+    lines += [r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule", " & ".join(cell(c) for c in cols) + r" \\",
+              r"\midrule"]
+    lines += [" & ".join(cell(v) for v in row) + r" \\" for row in frame.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def csv_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """The numeric table for CSV: per-seed values joined by ';' so the file stays one line per variant."""
+    out = table.copy()
+    if "fid_values" in out:
+        out["fid_values"] = out["fid_values"].map(lambda vs: ";".join(f"{v:.6g}" for v in vs))
+    return out
