@@ -53,6 +53,7 @@ class EvalConfig:
     num_reference: int | None = None  # reference images; None: all of them
     data_dir: str | None = None  # where the reference dataset lives; None: the training data_dir
     extractor: str = "auto"  # FID Inception source (dimstudy.metrics.EXTRACTORS)
+    fid_weights: str | None = None  # a torch-fidelity Inception weights file, for machines without a download
     kid: bool = True
     fid_batch_size: int = 50  # Inception batch
     reference_seed: int = 0  # picks the reference subset; one value per study, so reference stats are shared
@@ -168,7 +169,8 @@ class StudyConfig:
 STUDY_MAY_CHANGE = frozenset({"preset", "description", "seeds", "drop", "patterns", "results_dir", "runs_dir",
                               "storage", "workers", "threads", "heartbeat_s", "grace_s", "sweep.n_trials"})
 TRAIN_MAY_CHANGE = RESUME_MAY_CHANGE - {"steps"}  # a study trains every trial to the same step count
-EVAL_MAY_CHANGE = frozenset({"batch_size", "fid_batch_size", "data_dir", "grid"})
+EVAL_MAY_CHANGE = frozenset({"batch_size", "fid_batch_size", "data_dir", "grid", "fid_weights"})  # (the same
+# network wherever its file lives; each row records which Inception source ran)
 
 
 def identity(cfg: StudyConfig) -> dict:

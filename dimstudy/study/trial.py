@@ -226,7 +226,7 @@ def reference_args(cfg: StudyConfig, tcfg: TrainConfig) -> dict:
     e = cfg.eval
     return dict(reference=e.reference or tcfg.dataset, resolution=tcfg.resolution, data_dir=e.data_dir or tcfg.data_dir,
                 train=e.reference_split == "train", num_reference=e.num_reference, extractor=e.extractor,
-                seed=e.reference_seed)
+                fid_weights=e.fid_weights, seed=e.reference_seed)
 
 
 def ensure_reference(cfg: StudyConfig, tcfg: TrainConfig | None = None, log: Log = print) -> None:
