@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import typer
 from PIL import Image
 from typer.testing import CliRunner
@@ -17,14 +16,7 @@ SMOKE = str(Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml")
 FAST = ["--resolution", "8", "--batch-size", "8", "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core box a second OpenMP thread that gets descheduled stalls every
-    small op (steps measured 10-50x slower under load), while one thread is as fast for these tiny shapes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def runner_app():

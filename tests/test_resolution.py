@@ -46,12 +46,7 @@ SMALL = {"dim": 32, "depth": 3, "d_state": 4}  # dim_tiny_2, narrower: ~50 ms a 
 SMALL_UVIT = {"dim": 32, "depth": 3, "num_heads": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

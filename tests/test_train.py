@@ -38,14 +38,7 @@ def read_log(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "loss.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core box a second OpenMP thread that gets descheduled stalls every
-    small op (steps measured 10-50x slower under load), while one thread is as fast for these tiny shapes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 class Killed(Exception):
     pass

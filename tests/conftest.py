@@ -1,0 +1,14 @@
+"""Fixtures shared by the test files."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core box a second OpenMP thread that gets descheduled stalls every
+    small op (steps measured 10-50x slower under load), while one thread is as fast for these tiny shapes."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
