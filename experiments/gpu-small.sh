@@ -4,7 +4,10 @@
 # sampling vs upsample guidance vs a short weak-to-strong fine-tune) on the full DiM of the first seed.
 #
 #   bash experiments/gpu-small.sh                       # defaults below; every setting is an env variable
-#   WORKERS=4 RES_SCALES=2 bash experiments/gpu-small.sh
+#   WORKERS=6 RES_SCALES="2 3" bash experiments/gpu-small.sh
+#
+# On one H200 (2026-11-26) the study took 11.3 min with 12 workers and the x2 resolution study 4.5 min
+# (1000 samples per method at 64 px, a 500-step fine-tune).
 #
 # Re-running continues: finished trials are kept (Optuna storage under $RESULTS/$STUDY/), an interrupted
 # training resumes from its run directory, and a finished resolution study is skipped.
@@ -15,12 +18,12 @@ PRESET=${PRESET:-gpu-small}
 STUDY=${STUDY:-gpu-small}
 RESULTS=${RESULTS:-results}
 RUNS=${RUNS:-runs}
-WORKERS=${WORKERS:-6}          # trials at once on the one GPU (each is launch-bound, so they overlap well)
+WORKERS=${WORKERS:-12}         # trials at once on the one GPU (each is launch-bound, so they overlap well)
 SEEDS=${SEEDS:-0,1}
-RES_SCALES=${RES_SCALES:-2 3}  # upscaling factors m of the resolution study
-RES_N=${RES_N:-2000}           # samples per method
+RES_SCALES=${RES_SCALES:-2}    # upscaling factors m of the resolution study ("2 3" for both)
+RES_N=${RES_N:-1000}           # samples per method
 RES_REF=${RES_REF:-1797}       # reference images at the high resolution (all the digits)
-RES_FT_STEPS=${RES_FT_STEPS:-1000}
+RES_FT_STEPS=${RES_FT_STEPS:-500}
 RES_STEPS=${RES_STEPS:-25}     # DPM-Solver steps, as in the study's own FID
 RES_BATCH=${RES_BATCH:-250}
 read -r -a extra <<< "${STUDY_ARGS:-}"  # more study flags, e.g. STUDY_ARGS="--steps 500"

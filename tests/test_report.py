@@ -30,7 +30,7 @@ def row(variant, seed, fid, study_dir: Path, minute: int = 0, **kw) -> dict:
     return {"study": "syn", "kind": "grid", "preset": "smoke", "trial": seed, "key": f"{variant.key}/seed{seed}",
             "variant": variant.label, "variant_key": variant.key, "seed": seed, "status": "ok", "model": "dim_tiny_2",
             **variant.components, "scan_patterns": variant.patterns, "params_m": 0.24, "gflops": 0.03,
-            "dataset": "digits", "resolution": 16, "steps": 250, "batch_size": 16, "lr": 1e-3, "ema_decay": 0.99,
+            "dataset": "digits", "resolution": 16, "steps": 250, "batch_size": 16, "lr": 1e-3, "ema_decay": 0.98,
             "final_loss": 0.1 + fid / 1000, "fid": fid, "num_samples": 200, "num_reference": 500, "sampler": "dpm_solver",
             "sample_steps": 20, "reference": "digits-all-16px-n500-seed0", "device": "cpu", "gpu": "", "cpu": "x86_64",
             "wall_s": 100.0, "timestamp": f"2026-01-01T00:{minute:02d}:00+00:00", "git_sha": "abc",
@@ -105,6 +105,22 @@ def test_report_writes_tables_plots_and_says_what_the_numbers_are(results):
     assert list(sizes["model"]) == ["dim_s_2", "dim_l_2", "dim_h_2"] and list(sizes["paper GFLOPs (Tab. 1)"]) == [12, 94, 210]
     assert "The networks this study trained" in text
     assert "## Speed" not in text  # no speed rows
+
+
+def test_report_warns_when_the_sampled_ema_was_still_mostly_the_init(results):
+    assert "do not measure the networks" not in build.build_report(results, "syn", log=lambda s: None).read_text()
+    df = pd.DataFrame([{"ema_decay": 0.999, "steps": 1000}, {"ema_decay": 0.99, "steps": 250}])
+    assert "up to 37% of the initial weights (EMA decay 0.99, 0.999 over 250, 1000 steps, no warm-up)" in build.ema_alarm(df)
+    df["ema_warmup"] = True  # rows that record it: min(decay, (1+t)/(10+t)) leaves nothing of the init
+    assert build.ema_alarm(df) is None
+    df["ema_init_share"] = [0.2, 0.0]  # a recorded share wins over the recomputed one
+    assert "up to 20%" in build.ema_alarm(df)
+
+    bad = results / "bad"  # a study whose rows say so: the report puts the warning above its tables
+    for seed in (0, 1):
+        write_row(row(make_variant(()), seed, 300.0, bad, steps=1000, ema_decay=0.999), bad)
+    text = build.build_report(results, "bad", log=lambda s: None).read_text()
+    assert text.index("do not measure the networks") < text.index("## Tab. 4")
 
 
 def test_speed_rows_add_the_fig3_section(results):

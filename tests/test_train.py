@@ -2,6 +2,7 @@
 
 import json
 import socket
+import warnings
 
 import pytest
 import torch
@@ -59,8 +60,8 @@ def tiny_run(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "model, extra",
-    [("dim_tiny_2", {}), ("uvit_tiny_2", {"class_cond": True, "grad_accum": 2, "grad_clip": 1.0})],
-    ids=["dim", "uvit-classcond-accum-clip"],
+    [("dim_tiny_2", {}), ("uvit_tiny_2", {"class_cond": True, "grad_accum": 2, "grad_clip": 1.0, "ema_warmup": True})],
+    ids=["dim", "uvit-classcond-accum-clip-emawarmup"],
 )
 def test_killed_and_resumed_run_repeats_the_uninterrupted_one_bit_for_bit(tmp_path, model, extra):
     full = train(tiny_config(tmp_path / "full", model, **extra), progress=False)
@@ -166,6 +167,58 @@ def test_ema_update_is_the_exponential_average():
     assert torch.equal(ema.module[1].running_mean, torch.full((4,), 5.0))  # buffers are copied
     assert not any(p.requires_grad for p in ema.module.parameters()) and not ema.module.training
     assert all(p.dtype == torch.float32 for p in EMA(model.to(torch.bfloat16)).module.parameters())
+
+
+def test_ema_warmup_uses_min_of_decay_and_the_step_ratio():
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    ema = EMA(model, decay=0.95, warmup=True)
+    assert [ema.decay_at(t) for t in (0, 1, 8, 170, 171, 10_000)] == [1 / 10, 2 / 11, 9 / 18, 171 / 180, 0.95, 0.95]
+    assert EMA(model, decay=0.95).decay_at(0) == 0.95  # off: the fixed decay of U-ViT / DiM
+    e, p = ema.module.weight.detach().clone(), model.weight.detach()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, t=1)
+    assert torch.allclose(ema.module.weight, (2 / 11) * e + (9 / 11) * p)
+    state = ema.state_dict()
+    assert state["warmup"] is True
+    legacy = EMA(model, decay=0.5, warmup=True)
+    legacy.load_state_dict({"decay": 0.9, "module": state["module"]})  # saved before the option existed
+    assert legacy.decay == 0.9 and legacy.warmup is False
+
+
+def test_init_share_is_the_product_of_the_decays():
+    from dimstudy.train.ema import init_share
+
+    assert init_share(0.999, 1000) == pytest.approx(0.999 ** 1000)  # 37%: what spoiled the first GPU study
+    assert init_share(0.9, 3, warmup=True) == pytest.approx(0.1 * (2 / 11) * (3 / 12))
+    assert init_share(0.9999, 500_000) == 0.0 and init_share(0.5, 0) == 1.0
+
+
+def test_short_run_warns_when_its_ema_would_still_be_mostly_the_init(tmp_path):
+    with pytest.warns(UserWarning, match=r"ema_decay 0.999 over 6 steps, the final EMA weights are still 99% "
+                                         r"the initial ones.*set ema_warmup = true or lower ema_decay"):
+        summary = train(tiny_config(tmp_path / "a", ema_decay=0.999), progress=False)
+    assert summary["ema_init_share"] == pytest.approx(0.999 ** 6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train(tiny_config(tmp_path / "b", ema_decay=0.3), progress=False)
+    assert not [w for w in caught if str(w.message).startswith("EMA:")]
+    assert summary["ema_init_share"] == pytest.approx(0.3 ** 6)
+
+
+def test_resume_accepts_a_checkpoint_saved_before_a_config_field_existed(tmp_path):
+    out = tmp_path / "old"
+    train(tiny_config(out, steps=2), progress=False)
+    ckpt = torch.load(out / "latest.pt", map_location="cpu", weights_only=False)
+    del ckpt["config"]["ema_warmup"]  # as written by an older dimstudy
+    torch.save(ckpt, out / "latest.pt")
+    assert train(tiny_config(out, steps=4), progress=False)["resumed_from"] == 2
+    ckpt = torch.load(out / "latest.pt", map_location="cpu", weights_only=False)
+    del ckpt["config"]["ema_warmup"]
+    torch.save(ckpt, out / "latest.pt")
+    with pytest.raises(ValueError, match=r"other settings \(ema_warmup: False -> True\)"):
+        train(tiny_config(out, steps=6, ema_warmup=True), progress=False)
 
 
 def test_warmup_is_linear_then_constant():

@@ -84,6 +84,38 @@ def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _ema_warmup(df: pd.DataFrame) -> str:
+    return " with warm-up" if "ema_warmup" in df and df["ema_warmup"].fillna(False).astype(bool).all() else ""
+
+
+def _ema_shares(df: pd.DataFrame) -> pd.Series:
+    """Each row's ema_init_share; rows written before that column existed get it from ema_decay and steps."""
+    from dimstudy.train.ema import init_share
+
+    warm = df["ema_warmup"].fillna(False).astype(bool) if "ema_warmup" in df else pd.Series(False, index=df.index)
+    computed = [init_share(d, int(s), w) if pd.notna(d) and pd.notna(s) else 0.0
+                for d, s, w in zip(df.get("ema_decay", pd.Series(index=df.index, dtype=float)),
+                                   df.get("steps", pd.Series(index=df.index, dtype=float)), warm, strict=True)]
+    given = df["ema_init_share"] if "ema_init_share" in df else pd.Series(float("nan"), index=df.index)
+    return given.fillna(pd.Series(computed, index=df.index))
+
+
+def ema_alarm(df: pd.DataFrame) -> str | None:
+    """A warning when the sampled EMA weights were still largely the initial weights (too short a run for
+    its decay): the FIDs then measure that blend, not the designs."""
+    from dimstudy.train.trainer import EMA_INIT_WARN
+
+    if df.empty or "ema_decay" not in df:
+        return None
+    share = _ema_shares(df).max()
+    if not share > EMA_INIT_WARN:
+        return None
+    return (f"> **Warning: these FIDs do not measure the networks.** The EMA weights that were sampled still "
+            f"held up to {share:.0%} of the initial weights (EMA decay {_values(df, 'ema_decay')} over "
+            f"{_values(df, 'steps')} steps{_ema_warmup(df) or ', no warm-up'}); such a blend of init and trained "
+            "weights samples noise. Re-run with `ema_warmup = true` or a lower `ema_decay`.")
+
+
 def header(df: pd.DataFrame, study: str) -> str:
     ok = tables.ok_rows(df)
     where = ok if not ok.empty else df
@@ -97,7 +129,7 @@ def header(df: pd.DataFrame, study: str) -> str:
         f"- preset: {_values(where, 'preset')}; model: {_values(where, 'model')}{_overrides(where)}; data: "
         f"{_values(where, 'dataset')} at {_values(where, 'resolution')} px",
         f"- training: {_values(where, 'steps')} steps of batch {_values(where, 'batch_size')}, lr {_values(where, 'lr')}, "
-        f"EMA {_values(where, 'ema_decay')}, precision {_values(where, 'precision')}; seeds {_values(where, 'seed')}",
+        f"EMA {_values(where, 'ema_decay')}{_ema_warmup(where)}, precision {_values(where, 'precision')}; seeds {_values(where, 'seed')}",
         f"- FID: **{_values(where, 'num_samples')} samples** of the EMA model ({_values(where, 'sampler')}, "
         f"{_values(where, 'sample_steps')} steps) against {_values(where, 'num_reference')} reference images "
         f"({_values(where, 'reference')}); Inception: {_values(where, 'feature_extractor')}",
@@ -113,6 +145,9 @@ def header(df: pd.DataFrame, study: str) -> str:
         "steps, FID-50K against the training set; they show what the ordering looked like there, not a target "
         "for these numbers. ± is the standard deviation over seeds.",
     ]
+    alarm = ema_alarm(where)
+    if alarm:
+        lines += ["", alarm]
     return "\n".join(lines)
 
 

@@ -42,6 +42,8 @@ ROW_SCHEMA: dict[str, str] = {
     # training
     "dataset": "training data", "resolution": "image side (px)", "steps": "optimiser steps",
     "batch_size": "images per step", "lr": "AdamW lr", "ema_decay": "EMA decay", "warmup_steps": "LR warm-up",
+    "ema_warmup": "EMA decay warm-up min(decay, (1+t)/(10+t)) on",
+    "ema_init_share": "weight the final EMA still gives the initial parameters (above ~1%: samples are noise)",
     "precision": "autocast dtype that ran", "world_size": "training processes (GPUs)",
     "final_loss": "mean training loss over the last 10% of steps",
     "train_wall_s": "training wall time of the last (resumed) segment", "steps_per_s": "training throughput",

@@ -29,6 +29,7 @@ import torch
 from dimstudy.study.config import StudyConfig
 from dimstudy.study.rows import bin_curve, final_loss, read_loss_log, write_curve, write_row
 from dimstudy.train.config import TrainConfig, save_config
+from dimstudy.train.ema import init_share
 
 Log = Callable[[str], None]
 
@@ -61,7 +62,9 @@ def run_trial(trial: optuna.Trial, cfg: StudyConfig, log: Log = print, progress:
     try:
         train_summary = _train(trial, kind, cfg, tcfg, log, tag, progress)
         loss_log = read_loss_log(run_dir / "loss.jsonl")
-        log(f"{tag} trained: {train_summary.get('steps_per_s', float('nan')):.2f} steps/s, final loss {final_loss(loss_log):.4f}")
+        speed = (f"{train_summary['steps_per_s']:.2f} steps/s" if train_summary.get("steps_this_run")
+                 else f"already trained to step {train_summary.get('steps')}")
+        log(f"{tag} trained: {speed}, final loss {final_loss(loss_log):.4f}")
         metrics, eval_info, grid = {}, {}, None
         if not (kind == "sweep" and cfg.sweep.metric == "loss"):
             log(f"{tag} sampling {cfg.eval.num_samples} images ({cfg.eval.sampler}, {cfg.eval.steps} steps) and scoring FID")
@@ -193,7 +196,8 @@ def train_torchrun(tcfg: TrainConfig, nproc: int, on_step=None, poll_s: float = 
 
 def _train_info(tcfg: TrainConfig, summary: dict, loss_log) -> dict:
     return {"dataset": tcfg.dataset, "resolution": tcfg.resolution, "steps": tcfg.steps, "batch_size": tcfg.batch_size,
-            "lr": tcfg.lr, "ema_decay": tcfg.ema_decay, "warmup_steps": tcfg.warmup_steps,
+            "lr": tcfg.lr, "ema_decay": tcfg.ema_decay, "ema_warmup": tcfg.ema_warmup,
+            "ema_init_share": init_share(tcfg.ema_decay, tcfg.steps, tcfg.ema_warmup), "warmup_steps": tcfg.warmup_steps,
             "precision": summary.get("precision"), "world_size": summary.get("world_size"),
             "final_loss": final_loss(loss_log), "train_wall_s": summary.get("wall_s"),
             "steps_per_s": summary.get("steps_per_s"), "images_per_s": summary.get("images_per_s"),

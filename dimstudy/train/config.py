@@ -43,6 +43,7 @@ class TrainConfig:
     eps: float = 1e-8  # AdamW epsilon
     warmup_steps: int = 2500  # linear warm-up, then constant
     ema_decay: float = 0.9999
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + t) / (10 + t)) at step t; off in U-ViT/DiM (see train.ema)
     batch_size: int = 128  # images per optimiser step, summed over ranks and accumulation steps
     steps: int = 500_000  # optimiser steps in total (a resumed run continues up to this)
     grad_clip: float = 0.0  # max global grad norm; 0 = off

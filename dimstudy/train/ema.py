@@ -12,24 +12,48 @@ class EMA:
     """ema <- decay * ema + (1 - decay) * param, for every parameter; buffers are copied.
 
     The copy is a full fp32 module in eval mode, so it can be sampled from directly (`ema.module`).
-    There is no decay warm-up: U-ViT (and so DiM) use a fixed 0.9999 from step 0, starting at the init.
+
+    U-ViT (and so DiM) use a fixed 0.9999 from step 0, starting at the init: fine over 500K steps, but after
+    n steps the average still holds decay**n of the initial weights (0.999 over 1000 steps: 37%), and such a
+    blend of the init and the trained network samples noise. `warmup=True` uses the decay
+    min(decay, (1 + t) / (10 + t)) at the t-th update (TensorFlow's ExponentialMovingAverage with
+    num_updates), so short runs average only their recent weights.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999):
+    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = False):
         self.decay = float(decay)
+        self.warmup = bool(warmup)
         self.module = copy.deepcopy(model).float().eval().requires_grad_(False)
 
+    def decay_at(self, t: int) -> float:
+        """The decay of update number t (0-based: the first update is t = 0)."""
+        return min(self.decay, (1 + t) / (10 + t)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, t: int = 0) -> None:
+        """One update; `t` counts the updates before it (the optimiser step), used by the warm-up only."""
         ema_params = list(self.module.parameters())
         params = [p.detach().float() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)  # one fused kernel per dtype/device group
+        torch._foreach_lerp_(ema_params, params, 1.0 - self.decay_at(t))  # one fused kernel per dtype/device group
         for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "module": self.module.state_dict()}
+        return {"decay": self.decay, "warmup": self.warmup, "module": self.module.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.decay = float(state["decay"])
+        self.warmup = bool(state.get("warmup", False))  # checkpoints from before the warm-up option had none
         self.module.load_state_dict(state["module"])
+
+
+def init_share(decay: float, steps: int, warmup: bool = False) -> float:
+    """The weight the EMA still gives the initial parameters after `steps` updates."""
+    ema = EMA.__new__(EMA)
+    ema.decay, ema.warmup = float(decay), bool(warmup)
+    share = 1.0
+    for t in range(steps):
+        share *= ema.decay_at(t)
+        if share < 1e-12:
+            return 0.0
+    return share

@@ -21,6 +21,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from dimstudy.train.checkpoint import (
     save_checkpoint,
 )
 from dimstudy.train.config import TrainConfig, save_config
+from dimstudy.train.ema import init_share
 from dimstudy.train.distributed import StepBatchSampler, all_mean, close_distributed, init_distributed
 from dimstudy.train.ema import EMA
 
@@ -172,8 +174,19 @@ def _truncate_log(path: Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
+EMA_INIT_WARN = 0.01  # warn when the final EMA keeps more than this share of the initial weights
+
+
+def ema_warning(cfg: TrainConfig, share: float) -> str:
+    return (f"EMA: with ema_decay {cfg.ema_decay} over {cfg.steps} steps"
+            f"{' (with warm-up)' if cfg.ema_warmup else ''}, the final EMA weights are still {share:.0%} the "
+            f"initial ones, and samples from them are mostly noise; set ema_warmup = true or lower ema_decay")
+
+
 def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
     now = cfg.to_dict()
+    # A field the saved config lacks was added to TrainConfig later: the run used its default.
+    saved = {**TrainConfig().to_dict(), **saved}
     diff = [k for k in now if k not in RESUME_MAY_CHANGE and saved.get(k) != now[k]]
     if diff:
         changes = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
@@ -228,13 +241,16 @@ def train(
         raw = build_model(model_args).to(device)
         if cfg.init_from and not resume:
             raw.load_state_dict(torch.load(cfg.init_from, map_location=device, weights_only=True))
-        ema = EMA(raw, cfg.ema_decay)  # a copy of the starting weights: a fine-tune's EMA is reset to them
+        ema = EMA(raw, cfg.ema_decay, cfg.ema_warmup)  # a copy of the starting weights: a fine-tune's EMA is reset to them
         opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_factor(cfg.warmup_steps))
         amp_dtype = autocast_dtype(cfg.precision, device)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
 
         start = 0
+        share = init_share(cfg.ema_decay, cfg.steps, cfg.ema_warmup)
+        if share > EMA_INIT_WARN and info.is_main and not resume:
+            warnings.warn(ema_warning(cfg, share), stacklevel=2)
         if resume:
             ckpt = read_checkpoint(latest)
             _check_resume_config(ckpt["config"], cfg)
@@ -305,7 +321,7 @@ def train(
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
                 sched.step()
-                ema.update(raw)
+                ema.update(raw, step)
                 loss_value = loss.item()  # also waits for the GPU, so step_times are real
                 step_times.append(time.perf_counter() - t0)
 
@@ -336,7 +352,7 @@ def train(
             "wall_s": time.perf_counter() - t_start, "world_size": info.world_size, "device": str(device),
             "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
             "checkpoint": str(latest), "loss_log": str(log_path),
-            "params_digest": params_digest(raw),
+            "params_digest": params_digest(raw), "ema_init_share": share,
         }
         if info.is_main:
             (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
