@@ -44,8 +44,18 @@ def test_train_from_the_smoke_preset_writes_latest(smoke_run):
     assert (cfg["steps"], cfg["resolution"], cfg["batch_size"]) == (3, 8, 8)  # flags beat the preset
     assert cfg["warmup_steps"] == preset.warmup_steps and cfg["lr"] == preset.lr  # no flag: the preset's value
     assert cfg["weight_decay"] == 0.0  # --set
+    assert cfg["ema_warmup"] is True and preset.ema_warmup  # the preset's: 150 steps would leave 22% init in the EMA
     assert cfg["model_kwargs"] == {"scan_backend": "auto", "multi_scan": True, "long_skip": False,
                                    "padding_tokens": True, "local_conv": True}
+
+
+def test_ema_warmup_flag_beats_the_preset(runner_app, tmp_path):
+    runner, app = runner_app
+    result = runner.invoke(app, ["train", "--preset", SMOKE, "--steps", "1", "--out", str(tmp_path / "r"), *FAST,
+                                 "--no-ema-warmup", "--ema-decay", "0.5"])
+    assert result.exit_code == 0, result.output
+    cfg = read_checkpoint(tmp_path / "r")["config"]
+    assert cfg["ema_warmup"] is False and cfg["ema_decay"] == 0.5
 
 
 def test_sample_writes_pngs_and_a_grid(runner_app, smoke_run, tmp_path):

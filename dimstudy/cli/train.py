@@ -54,6 +54,8 @@ def register(app: typer.Typer) -> None:
         lr: Annotated[float | None, typer.Option(help="AdamW learning rate after warm-up.")] = None,
         warmup_steps: Annotated[int | None, typer.Option(help="Linear LR warm-up steps.")] = None,
         ema_decay: Annotated[float | None, typer.Option(help="EMA decay per step.")] = None,
+        ema_warmup: Annotated[bool | None, typer.Option("--ema-warmup/--no-ema-warmup", help="Decay min(ema_decay, "
+                              "(1+t)/(10+t)) at step t, for short runs (off in U-ViT/DiM).")] = None,
         grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimiser step.")] = None,
         grad_clip: Annotated[float | None, typer.Option(help="Max gradient norm; 0 = off.")] = None,
         p_uncond: Annotated[float | None, typer.Option(help="Label dropout for CFG (class-conditional runs).")] = None,
@@ -95,7 +97,7 @@ def register(app: typer.Typer) -> None:
         flags = dict(
             model=model, dataset=dataset, data_dir=data_dir, resolution=resolution, class_cond=class_cond,
             schedule=schedule, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-            ema_decay=ema_decay, grad_accum=grad_accum, grad_clip=grad_clip, p_uncond=p_uncond, precision=precision,
+            ema_decay=ema_decay, ema_warmup=ema_warmup, grad_accum=grad_accum, grad_clip=grad_clip, p_uncond=p_uncond, precision=precision,
             seed=seed, out_dir=out, ckpt_every=ckpt_every, keep_every=keep_every, sample_every=sample_every,
             num_workers=num_workers, device=device, compile=compile,
         )
