@@ -192,7 +192,12 @@ def test_init_share_is_the_product_of_the_decays():
 
     assert init_share(0.999, 1000) == pytest.approx(0.999 ** 1000)  # 37%: what spoiled the first GPU study
     assert init_share(0.9, 3, warmup=True) == pytest.approx(0.1 * (2 / 11) * (3 / 12))
-    assert init_share(0.9999, 500_000) == 0.0 and init_share(0.5, 0) == 1.0
+    assert init_share(0.9999, 500_000) < 1e-21 and init_share(0.5, 0) == 1.0  # the paper's run: nothing left
+    product = 1.0  # the closed form agrees with multiplying the decays one update at a time
+    for t in range(3000):
+        product *= min(0.999, (1 + t) / (10 + t))
+    assert init_share(0.999, 3000, warmup=True) == pytest.approx(product, rel=1e-9)
+    assert init_share(1.0, 4, warmup=True) == pytest.approx(1 / 10 * 2 / 11 * 3 / 12 * 4 / 13)
 
 
 def test_short_run_warns_when_its_ema_would_still_be_mostly_the_init(tmp_path):

@@ -92,12 +92,10 @@ def _ema_shares(df: pd.DataFrame) -> pd.Series:
     """Each row's ema_init_share; rows written before that column existed get it from ema_decay and steps."""
     from dimstudy.train.ema import init_share
 
-    warm = df["ema_warmup"].fillna(False).astype(bool) if "ema_warmup" in df else pd.Series(False, index=df.index)
-    computed = [init_share(d, int(s), w) if pd.notna(d) and pd.notna(s) else 0.0
-                for d, s, w in zip(df.get("ema_decay", pd.Series(index=df.index, dtype=float)),
-                                   df.get("steps", pd.Series(index=df.index, dtype=float)), warm, strict=True)]
-    given = df["ema_init_share"] if "ema_init_share" in df else pd.Series(float("nan"), index=df.index)
-    return given.fillna(pd.Series(computed, index=df.index))
+    warm = df["ema_warmup"].fillna(False).astype(bool) if "ema_warmup" in df else [False] * len(df)
+    computed = pd.Series([init_share(d, int(s), w) if pd.notna(d) and pd.notna(s) else 0.0
+                          for d, s, w in zip(df["ema_decay"], df["steps"], warm, strict=True)], index=df.index)
+    return df["ema_init_share"].fillna(computed) if "ema_init_share" in df else computed
 
 
 def ema_alarm(df: pd.DataFrame) -> str | None:
@@ -105,7 +103,7 @@ def ema_alarm(df: pd.DataFrame) -> str | None:
     its decay): the FIDs then measure that blend, not the designs."""
     from dimstudy.train.trainer import EMA_INIT_WARN
 
-    if df.empty or "ema_decay" not in df:
+    if df.empty or "ema_decay" not in df or "steps" not in df:
         return None
     share = _ema_shares(df).max()
     if not share > EMA_INIT_WARN:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn as nn
@@ -27,7 +28,7 @@ class EMA:
 
     def decay_at(self, t: int) -> float:
         """The decay of update number t (0-based: the first update is t = 0)."""
-        return min(self.decay, (1 + t) / (10 + t)) if self.warmup else self.decay
+        return decay_at(self.decay, self.warmup, t)
 
     @torch.no_grad()
     def update(self, model: nn.Module, t: int = 0) -> None:
@@ -47,13 +48,14 @@ class EMA:
         self.module.load_state_dict(state["module"])
 
 
+def decay_at(decay: float, warmup: bool, t: int) -> float:
+    return min(decay, (1 + t) / (10 + t)) if warmup else decay
+
+
 def init_share(decay: float, steps: int, warmup: bool = False) -> float:
-    """The weight the EMA still gives the initial parameters after `steps` updates."""
-    ema = EMA.__new__(EMA)
-    ema.decay, ema.warmup = float(decay), bool(warmup)
-    share = 1.0
-    for t in range(steps):
-        share *= ema.decay_at(t)
-        if share < 1e-12:
-            return 0.0
-    return share
+    """The weight the EMA still gives the initial parameters after `steps` updates: the product of the decays."""
+    # (1 + t) / (10 + t) >= decay from t = (10 decay - 1) / (1 - decay) on; from there every factor is `decay`.
+    ramp = 0
+    if warmup:
+        ramp = steps if decay >= 1 else min(steps, max(0, math.ceil((10 * decay - 1) / (1 - decay))))
+    return math.prod(decay_at(decay, True, t) for t in range(ramp)) * decay ** (steps - ramp)

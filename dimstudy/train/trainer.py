@@ -40,9 +40,8 @@ from dimstudy.train.checkpoint import (
     save_checkpoint,
 )
 from dimstudy.train.config import TrainConfig, save_config
-from dimstudy.train.ema import init_share
 from dimstudy.train.distributed import StepBatchSampler, all_mean, close_distributed, init_distributed
-from dimstudy.train.ema import EMA
+from dimstudy.train.ema import EMA, init_share
 
 LOSS_LOG = "loss.jsonl"
 # Fields a resumed run may change; any other difference from the checkpoint's config is refused.
