@@ -332,3 +332,23 @@ def test_cli_errors_are_one_line(cli, tmp_path, monkeypatch, args, message):
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+
+
+@pytest.mark.parametrize("command", ["ablate", "scan-study", "sweep"])
+def test_study_commands_share_their_options_and_map_them_into_the_config(cli, tmp_path, command):
+    runner_, app = cli
+    help_text = runner_.invoke(app, [command, "--help"], terminal_width=200).output
+    for flag in ("--preset", "--seeds", "--storage", "--ema-warmup", "--num-reference", "--set", "--no-report"):
+        assert flag in help_text
+    if command == "sweep":
+        return  # a sweep samples its trials as it runs: there is no enqueue-only run to inspect
+    results = tmp_path / "res"
+    res = runner_.invoke(app, [command, "--preset", "smoke", "--workers", "0", "--results", str(results),
+                               "--seeds", "3,4", "--steps", "7", "--ema-warmup", "--num-reference", "99",
+                               "--scan-backend", "torch", "--set", "train.weight_decay=0.5", "--study", "opts"])
+    assert res.exit_code == 0, res.output
+    cfg = load_study_config(str(results / "opts" / "study.toml"))
+    assert (cfg.name, cfg.seeds, cfg.workers) == ("opts", [3, 4], 0)
+    assert (cfg.train.steps, cfg.train.ema_warmup, cfg.train.weight_decay) == (7, True, 0.5)
+    assert cfg.train.model_kwargs["scan_backend"] == "torch" and cfg.eval.num_reference == 99
+    assert cfg.train.lr == load_study_config("smoke").train.lr  # no flag: the preset's value

@@ -35,6 +35,13 @@ def _inject(value: str | None) -> dict[str, str]:
     return out
 
 
+# -- options of both `speed` and `profile` -------------------------------------------------------------------
+DType = Annotated[str, typer.Option(help="bf16 | fp16 | fp32.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | cuda:N | cpu.")]
+ScanBackendOpt = Annotated[str | None, typer.Option(help="Mamba scan backend: auto | cuda | torch | ref.")]
+AttnBackendOpt = Annotated[str | None, typer.Option(help="U-ViT attention backend: sdpa | flash | math.")]
+
+
 def register(app: typer.Typer) -> None:
     @app.command("speed")
     @friendly
@@ -43,7 +50,7 @@ def register(app: typer.Typer) -> None:
                                             "uvit_900m_2, mamba_900m_2) or any registered model name.")] = "dim,uvit,mamba",
         resolutions: Annotated[str, typer.Option(help="Image sides in px (latent models see res/8 per side).")] = FIG3_RESOLUTIONS,
         batch: Annotated[str, typer.Option(help="Comma-separated batch sizes; one panel each in the figure.")] = "1,8",
-        dtype: Annotated[str, typer.Option(help="bf16 | fp16 | fp32.")] = "bf16",
+        dtype: DType = "bf16",
         mode: Annotated[str, typer.Option(help="infer: one forward under no_grad (one denoising step); "
                                           "train: forward + backward + AdamW step.")] = "infer",
         compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (compile time is in first_call_s).")] = False,
@@ -53,9 +60,9 @@ def register(app: typer.Typer) -> None:
         budget: Annotated[float, typer.Option(help="Seconds of timed calls per point at most (>= 3 calls).")] = 10.0,
         timeout: Annotated[float, typer.Option(help="Seconds per point, process start included; then 'timeout'.")] = 600.0,
         seed: Annotated[int, typer.Option(help="Seed for weights and random inputs.")] = 0,
-        device: Annotated[str, typer.Option(help="auto | cuda | cuda:N | cpu.")] = "auto",
-        scan_backend: Annotated[str | None, typer.Option(help="Mamba scan backend: auto | cuda | torch | ref.")] = None,
-        attn_backend: Annotated[str | None, typer.Option(help="U-ViT attention backend: sdpa | flash | math.")] = None,
+        device: DeviceOpt = "auto",
+        scan_backend: ScanBackendOpt = None,
+        attn_backend: AttnBackendOpt = None,
         results: Annotated[Path | None, typer.Option(help="Results root; rows go to <DIR>/speed.jsonl.")] = None,
         skip_after_oom: Annotated[bool, typer.Option(help="After an OOM, mark larger resolutions of that model "
                                                      "and batch 'skipped' instead of running them.")] = True,
@@ -103,14 +110,14 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str, typer.Option(help="Comma-separated models (dim, uvit, mamba or registered names).")] = "dim,uvit",
         resolution: Annotated[int, typer.Option(help="Image side in px.")] = 1024,
         batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
-        dtype: Annotated[str, typer.Option(help="bf16 | fp16 | fp32.")] = "bf16",
+        dtype: DType = "bf16",
         warmup: Annotated[int, typer.Option(help="Untimed forwards first.")] = 5,
         repeats: Annotated[int, typer.Option(help="Timed forwards for the wall-time median.")] = 20,
         prof_iters: Annotated[int, typer.Option(help="Forwards under the profiler (times are per forward).")] = 3,
         timeout: Annotated[float, typer.Option(help="Seconds per model, process start included.")] = 600.0,
-        device: Annotated[str, typer.Option(help="auto | cuda | cuda:N | cpu.")] = "auto",
-        scan_backend: Annotated[str | None, typer.Option(help="Mamba scan backend: auto | cuda | torch | ref.")] = None,
-        attn_backend: Annotated[str | None, typer.Option(help="U-ViT attention backend: sdpa | flash | math.")] = None,
+        device: DeviceOpt = "auto",
+        scan_backend: ScanBackendOpt = None,
+        attn_backend: AttnBackendOpt = None,
         results: Annotated[Path | None, typer.Option(help="Results root: table <DIR>/profile.jsonl, files <DIR>/profile/.")] = None,
     ):
         """Where one forward's time goes: GEMMs, selective scan, causal conv, DiM's permutations and pads, norms and adaLN, attention, the rest - ms and % per category, each model in its own process.

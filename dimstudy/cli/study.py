@@ -5,6 +5,8 @@ A study preset (experiments/studies/<name>.toml, or any path) fills a StudyConfi
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +35,8 @@ BatchSize = Annotated[int | None, typer.Option(help="Training batch size.")]
 Lr = Annotated[float | None, typer.Option(help="AdamW learning rate.")]
 Warmup = Annotated[int | None, typer.Option(help="Linear LR warm-up steps.")]
 Ema = Annotated[float | None, typer.Option(help="EMA decay.")]
+EmaWarmup = Annotated[bool | None, typer.Option("--ema-warmup/--no-ema-warmup", help="EMA decay min(decay, (1+t)/(10+t)) "
+                                               "at step t: short runs need it.")]
 Precision = Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")]
 Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda.")]
 ScanBackend = Annotated[str | None, typer.Option(help="Selective-scan kernel: auto, torch, ref or cuda.")]
@@ -54,18 +58,44 @@ def study_config(preset, overrides: dict, sets: list[str] | None):
     return load_study_config(preset, deep_merge(overrides, parse_set(sets or [])))
 
 
-def _common(study, seeds, results, runs, storage, workers, nproc, threads, model, dataset, data_dir, resolution, steps,
-            batch_size, lr, warmup_steps, ema_decay, precision, device, scan_backend, num_samples, sampler, sample_steps,
-            reference, num_reference) -> dict:
+def _study_options(
+    preset: Preset = None, study: StudyName = None, seeds: Seeds = None, results: Results = None, runs: Runs = None,
+    storage: Storage = None, workers: Workers = None, nproc: Nproc = None, threads: Threads = None,
+    model: Model = None, dataset: Dataset = None, data_dir: DataDir = None, resolution: Resolution = None,
+    steps: Steps = None, batch_size: BatchSize = None, lr: Lr = None, warmup_steps: Warmup = None,
+    ema_decay: Ema = None, ema_warmup: EmaWarmup = None, precision: Precision = None, device: Device = None,
+    scan_backend: ScanBackend = None, num_samples: NumSamples = None, sampler: Sampler = None,
+    sample_steps: SampleSteps = None, reference: Reference = None, num_reference: NumReference = None, set_: Sets = None, report: Report = True,
+) -> None:
+    """The options of every study command (ablate, scan-study, sweep); `with_study_options` adds them."""
+
+
+def with_study_options(command):
+    """Append `_study_options`' parameters to a study command's own for Typer, and call the command with them
+    gathered into one `opts` dict (its last parameter)."""
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "opts"]
+    shared = list(inspect.signature(_study_options, eval_str=True).parameters.values())
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        return command(**{p.name: kwargs[p.name] for p in own}, opts={p.name: kwargs[p.name] for p in shared})
+
+    wrapper.__signature__ = inspect.Signature(own + shared)
+    return wrapper
+
+
+def study_overrides(opts: dict) -> dict:
+    """The StudyConfig fields the shared flags set (None: keep the preset's value)."""
+    o = opts
     return {
-        "name": study, "seeds": [int(s) for s in split_list(seeds)] or None, "results_dir": results, "runs_dir": runs,
-        "storage": storage, "workers": workers, "nproc": nproc, "threads": threads,
-        "train": {"model": model, "dataset": dataset, "data_dir": data_dir, "resolution": resolution, "steps": steps,
-                  "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps, "ema_decay": ema_decay,
-                  "precision": precision, "device": device,
-                  "model_kwargs": {"scan_backend": scan_backend} if scan_backend else None},
-        "eval": {"num_samples": num_samples, "sampler": sampler, "steps": sample_steps, "reference": reference,
-                 "num_reference": num_reference},
+        "name": o["study"], "seeds": [int(s) for s in split_list(o["seeds"])] or None, "results_dir": o["results"],
+        "runs_dir": o["runs"], "storage": o["storage"], "workers": o["workers"], "nproc": o["nproc"],
+        "threads": o["threads"],
+        "train": {**{k: o[k] for k in ("model", "dataset", "data_dir", "resolution", "steps", "batch_size", "lr",
+                                       "warmup_steps", "ema_decay", "ema_warmup", "precision", "device")},
+                  "model_kwargs": {"scan_backend": o["scan_backend"]} if o["scan_backend"] else None},
+        "eval": {"num_samples": o["num_samples"], "sampler": o["sampler"], "steps": o["sample_steps"],
+                 "reference": o["reference"], "num_reference": o["num_reference"]},
     }
 
 
@@ -90,17 +120,12 @@ def _print_outcome(result: dict, cfg) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("ablate")
     @friendly
+    @with_study_options
     def ablate(
         drop: Annotated[list[str] | None, typer.Option(help="Component to switch off, one variant per flag (repeat; "
                                                        "a comma-list drops several in one variant); 'each' = Tab. 4's "
                                                        "rows. Names: multi_scan, long_skip, padding_tokens, local_conv.")] = None,
-        preset: Preset = None, study: StudyName = None, seeds: Seeds = None, results: Results = None, runs: Runs = None,
-        storage: Storage = None, workers: Workers = None, nproc: Nproc = None, threads: Threads = None,
-        model: Model = None, dataset: Dataset = None, data_dir: DataDir = None, resolution: Resolution = None,
-        steps: Steps = None, batch_size: BatchSize = None, lr: Lr = None, warmup_steps: Warmup = None,
-        ema_decay: Ema = None, precision: Precision = None, device: Device = None, scan_backend: ScanBackend = None,
-        num_samples: NumSamples = None, sampler: Sampler = None, sample_steps: SampleSteps = None,
-        reference: Reference = None, num_reference: NumReference = None, set_: Sets = None, report: Report = True,
+        *, opts: dict,
     ):
         """Train and score the full DiM and each ablation (paper Tab. 4) under one budget, seeds and data.
 
@@ -112,28 +137,21 @@ def register(app: typer.Typer) -> None:
         from dimstudy.study.grid import ablation_variants, check_drop_names
         from dimstudy.study.run import run_grid
 
-        over = _common(study, seeds, results, runs, storage, workers, nproc, threads, model, dataset, data_dir,
-                       resolution, steps, batch_size, lr, warmup_steps, ema_decay, precision, device, scan_backend,
-                       num_samples, sampler, sample_steps, reference, num_reference)
+        over = study_overrides(opts)
         drops = list(drop) if drop else None
         if drops:
             check_drop_names(drops)
-        cfg = study_config(preset, {**over, "drop": drops}, set_)
+        cfg = study_config(opts["preset"], {**over, "drop": drops}, opts["set_"])
         check_drop_names(cfg.drop)
-        _print_outcome(run_grid(cfg, ablation_variants(cfg.drop), report=report), cfg)
+        _print_outcome(run_grid(cfg, ablation_variants(cfg.drop), report=opts["report"]), cfg)
 
     @app.command("scan-study")
     @friendly
+    @with_study_options
     def scan_study(
         patterns: Annotated[str | None, typer.Option(help="Scan-pattern strings, comma-separated: 1234,12,1 (Tab. 6); "
                                                      "keys 1-4 are the paper's, 5-8 zigzag orders.")] = None,
-        preset: Preset = None, study: StudyName = None, seeds: Seeds = None, results: Results = None, runs: Runs = None,
-        storage: Storage = None, workers: Workers = None, nproc: Nproc = None, threads: Threads = None,
-        model: Model = None, dataset: Dataset = None, data_dir: DataDir = None, resolution: Resolution = None,
-        steps: Steps = None, batch_size: BatchSize = None, lr: Lr = None, warmup_steps: Warmup = None,
-        ema_decay: Ema = None, precision: Precision = None, device: Device = None, scan_backend: ScanBackend = None,
-        num_samples: NumSamples = None, sampler: Sampler = None, sample_steps: SampleSteps = None,
-        reference: Reference = None, num_reference: NumReference = None, set_: Sets = None, report: Report = True,
+        *, opts: dict,
     ):
         """Train and score DiM with each set of scan patterns (paper Tab. 6), all other designs on.
 
@@ -144,14 +162,13 @@ def register(app: typer.Typer) -> None:
         from dimstudy.study.grid import scan_variants
         from dimstudy.study.run import run_grid
 
-        over = _common(study, seeds, results, runs, storage, workers, nproc, threads, model, dataset, data_dir,
-                       resolution, steps, batch_size, lr, warmup_steps, ema_decay, precision, device, scan_backend,
-                       num_samples, sampler, sample_steps, reference, num_reference)
-        cfg = study_config(preset, {**over, "patterns": split_list(patterns) or None}, set_)
-        _print_outcome(run_grid(cfg, scan_variants(cfg.patterns), report=report), cfg)
+        over = study_overrides(opts)
+        cfg = study_config(opts["preset"], {**over, "patterns": split_list(patterns) or None}, opts["set_"])
+        _print_outcome(run_grid(cfg, scan_variants(cfg.patterns), report=opts["report"]), cfg)
 
     @app.command("sweep")
     @friendly
+    @with_study_options
     def sweep(
         space: Annotated[list[str] | None, typer.Option(help="Search-space entry NAME=LOW:HIGH[:log] or NAME=A,B,... "
                                                         "(repeat); NAME is a TrainConfig field or model_kwargs.FLAG, e.g. "
@@ -163,13 +180,7 @@ def register(app: typer.Typer) -> None:
         metric: Annotated[str | None, typer.Option(help="Objective (minimised): fid or loss.")] = None,
         report_on: Annotated[str | None, typer.Option(help="What the pruner sees during training: loss or fid.")] = None,
         report_every: Annotated[int | None, typer.Option(help="Steps between pruner reports (0: 10 per trial).")] = None,
-        preset: Preset = None, study: StudyName = None, seeds: Seeds = None, results: Results = None, runs: Runs = None,
-        storage: Storage = None, workers: Workers = None, nproc: Nproc = None, threads: Threads = None,
-        model: Model = None, dataset: Dataset = None, data_dir: DataDir = None, resolution: Resolution = None,
-        steps: Steps = None, batch_size: BatchSize = None, lr: Lr = None, warmup_steps: Warmup = None,
-        ema_decay: Ema = None, precision: Precision = None, device: Device = None, scan_backend: ScanBackend = None,
-        num_samples: NumSamples = None, sampler: Sampler = None, sample_steps: SampleSteps = None,
-        reference: Reference = None, num_reference: NumReference = None, set_: Sets = None, report: Report = True,
+        *, opts: dict,
     ):
         """Hyperparameter search with an Optuna sampler and pruner on FID or loss.
 
@@ -180,17 +191,15 @@ def register(app: typer.Typer) -> None:
         from dimstudy.study.run import run_sweep
         from dimstudy.study.sweep import parse_space_option
 
-        over = _common(study, seeds, results, runs, storage, workers, nproc, threads, model, dataset, data_dir,
-                       resolution, steps, batch_size, lr, warmup_steps, ema_decay, precision, device, scan_backend,
-                       num_samples, sampler, sample_steps, reference, num_reference)
+        over = study_overrides(opts)
         over["sweep"] = {"n_trials": n_trials, "sampler": optuna_sampler, "pruner": pruner, "metric": metric,
                          "report": report_on, "report_every": report_every}
-        cfg = study_config(preset, over, set_)
+        cfg = study_config(opts["preset"], over, opts["set_"])
         if space:
             cfg.sweep.space = parse_space_option(space)
-        if study is None:
+        if opts["study"] is None:
             cfg.name = f"{cfg.name}-sweep"
-        _print_outcome(run_sweep(cfg, report=report), cfg)
+        _print_outcome(run_sweep(cfg, report=opts["report"]), cfg)
 
     @app.command("worker")
     @friendly
