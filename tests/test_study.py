@@ -352,3 +352,13 @@ def test_study_commands_share_their_options_and_map_them_into_the_config(cli, tm
     assert (cfg.train.steps, cfg.train.ema_warmup, cfg.train.weight_decay) == (7, True, 0.5)
     assert cfg.train.model_kwargs["scan_backend"] == "torch" and cfg.eval.num_reference == 99
     assert cfg.train.lr == load_study_config("smoke").train.lr  # no flag: the preset's value
+
+
+def test_a_study_whose_ema_would_stay_mostly_the_init_says_so_before_training(cli, tmp_path):
+    runner_, app = cli
+    args = ["ablate", "--preset", "smoke", "--workers", "0", "--results", str(tmp_path), "--steps", "100"]
+    res = runner_.invoke(app, [*args, "--study", "a"])
+    assert res.exit_code == 0 and ("warning: EMA: with ema_decay 0.99 over 100 steps, the final EMA weights are "
+                                   "still 37% the initial ones") in res.output
+    res = runner_.invoke(app, [*args, "--study", "b", "--ema-warmup"])
+    assert res.exit_code == 0 and "warning: EMA" not in res.output

@@ -31,11 +31,23 @@ def check_grid_model(cfg: StudyConfig) -> None:
                          "pick a dim_* model (see `dimstudy models --pattern 'dim*'`)")
 
 
+def check_ema(cfg: StudyConfig, log: Log) -> None:
+    """Say once, before any trial trains, when the preset's EMA would still be mostly the initial weights at
+    the end of training (every trial would then sample noise); the trainer repeats it in each run."""
+    from dimstudy.train.ema import init_share
+    from dimstudy.train.trainer import EMA_INIT_WARN, ema_warning
+
+    share = init_share(cfg.train.ema_decay, cfg.train.steps, cfg.train.ema_warmup)
+    if share > EMA_INIT_WARN:
+        log(f"warning: {ema_warning(cfg.train, share)} (study flag --ema-warmup)")
+
+
 def run_grid(cfg: StudyConfig, variants: list[Variant], *, report: bool = True, log: Log = print,
              trial_fn=run_trial) -> dict:
     """Enqueue variants x seeds (points already covered are skipped), run cfg.workers workers until the study
     is done, then write the report. Returns {"study", "counts", "report"}."""
     check_grid_model(cfg)
+    check_ema(cfg, log)
     study = runner.open_study(cfg)
     save_study_config(cfg, cfg.study_dir / "study.toml")
     counts = runner.enqueue_grid(study, variants, cfg.seeds)
@@ -55,6 +67,7 @@ def run_sweep(cfg: StudyConfig, *, report: bool = True, log: Log = print, trial_
     from dimstudy.study.sweep import check_space, make_pruner, make_sampler
 
     check_space(cfg.sweep.space)
+    check_ema(cfg, log)
     if cfg.workers == 0:
         raise ValueError("a sweep needs workers >= 1 (its trials are sampled as they start, there is nothing to enqueue)")
     study = runner.open_study(cfg, sampler=make_sampler(cfg.sweep, cfg.seeds[0]), pruner=make_pruner(cfg.sweep))
