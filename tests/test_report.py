@@ -123,6 +123,20 @@ def test_report_warns_when_the_sampled_ema_was_still_mostly_the_init(results):
     assert text.index("do not measure the networks") < text.index("## Tab. 4")
 
 
+def test_a_study_report_shows_the_resolution_studies_of_its_own_runs_only(results):
+    study_dir = results / "syn"
+    write_row(row(make_variant(()), 7, 10.0, study_dir, run_dir="runs/syn/full-seed7"), study_dir)
+    base = {"method": "direct", "model": "dim_tiny_2", "train_resolution": 16, "resolution": 32, "sampler": "ddim",
+            "steps": 10, "theta": None, "eta": None, "finetune_steps": 0, "n_samples": 8, "num_reference": 16,
+            "fid": 50.0, "kid_mean": 0.05, "grid": None, "device": "cpu", "gpu": "", "timestamp": "2026-01-01T00:00:00+00:00"}
+    append_row("resolution", {**base, "study": "mine", "checkpoint": "runs/syn/full-seed7/latest.pt"}, results)
+    append_row("resolution", {**base, "study": "theirs", "checkpoint": "runs/other/full-seed0/latest.pt"}, results)
+    text = build.build_report(results, "syn", log=lambda s: None).read_text()
+    assert "## Resolution" in text and "| mine |" in text and "| theirs |" not in text
+    assert build.resolution_section(results, results / "out") is not None  # no filter: every row
+    assert build.resolution_section(results, results / "out", {"runs/nowhere"}) is None
+
+
 def test_speed_rows_add_the_fig3_section(results):
     for model, family, ms in (("dim_tiny_2", "dim", [2.0, 3.0]), ("uvit_tiny_2", "uvit", [1.0, 4.0])):
         for res, m in zip((32, 64), ms, strict=True):

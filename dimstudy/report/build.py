@@ -5,7 +5,8 @@ and the figures as PNG. Sections, each a function (root, out_dir) -> Markdown or
 
     Tab. 4 (components), Tab. 6 (scan patterns), sweep, training-loss curves, Tab. 1 (model sizes)
     speed (Fig. 3)          an adapter around dimstudy.report.speed, over the `speed` table
-    resolution (Sec. 3.3)   dimstudy.report.resolution.write_section, when that module exists
+    resolution (Sec. 3.3)   dimstudy.report.resolution.write_section over the resolution studies whose
+                            low-resolution checkpoint is one of this study's runs
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def build_report(results_dir: str | Path = "results", study: str | None = None, 
     sections.append(loss_section(df, out, results_dir / study))
     sections.append(samples_section(df, rel_study))
     sections.append(sizes_section(df, out))
-    for fn in (speed_section, resolution_section):
-        md = fn(results_dir, out)
+    run_dirs = set(df["run_dir"].dropna().astype(str)) if "run_dir" in df else set()
+    for md in (speed_section(results_dir, out), resolution_section(results_dir, out, run_dirs)):
         if md:
             sections.append(md)
     sections.append(failures_section(df))
@@ -277,21 +278,21 @@ def failures_section(df: pd.DataFrame) -> str | None:
 
 
 # -- sections from other tables -------------------------------------------------------------------------------
-def _table_root(results_dir: Path, table: str) -> Path | None:
-    """Where `<table>.jsonl` lives: the results root itself, else its first sub-directory that has one."""
+def _table_roots(results_dir: Path, table: str) -> list[Path]:
+    """Where `<table>.jsonl` lives: the results root itself, else each of its sub-directories that has one."""
     if (results_dir / f"{table}.jsonl").is_file():
-        return results_dir
-    found = sorted(results_dir.glob(f"*/{table}.jsonl"))
-    return found[0].parent if found else None
+        return [results_dir]
+    return sorted(p.parent for p in results_dir.glob(f"*/{table}.jsonl"))
 
 
 def speed_section(results_dir: Path, out_dir: Path) -> str | None:
     """Fig. 3 and the speed summary over the latest speed sweep (dimstudy.report.speed); None without rows."""
     from dimstudy.report.speed import latest_sweep, plot_fig3, speed_summary_markdown
 
-    root = _table_root(Path(results_dir), "speed")
-    if root is None:
+    roots = _table_roots(Path(results_dir), "speed")
+    if not roots:
         return None
+    root = roots[0]
     df = latest_sweep(read_table("speed", root))
     if df.empty:
         return None
@@ -301,12 +302,14 @@ def speed_section(results_dir: Path, out_dir: Path) -> str | None:
     return md
 
 
-def resolution_section(results_dir: Path, out_dir: Path) -> str | None:
-    """dimstudy.report.resolution's section, when that module is installed and there are rows."""
+def resolution_section(results_dir: Path, out_dir: Path, run_dirs: set[str] | None = None) -> str | None:
+    """dimstudy.report.resolution's section over the resolution rows (of checkpoints from `run_dirs`, when
+    given: a study's report shows the resolution studies of its own runs), or None."""
     if importlib.util.find_spec("dimstudy.report.resolution") is None:
         return None
-    root = _table_root(Path(results_dir), "resolution")
-    if root is None:
-        return None
-    return importlib.import_module("dimstudy.report.resolution").write_section(root, Path(out_dir))
-
+    section = importlib.import_module("dimstudy.report.resolution").write_section
+    for root in _table_roots(Path(results_dir), "resolution"):
+        md = section(root, Path(out_dir), run_dirs)
+        if md:
+            return md
+    return None
