@@ -129,10 +129,10 @@ def test_a_study_report_shows_the_resolution_studies_of_its_own_runs_only(result
     base = {"method": "direct", "model": "dim_tiny_2", "train_resolution": 16, "resolution": 32, "sampler": "ddim",
             "steps": 10, "theta": None, "eta": None, "finetune_steps": 0, "n_samples": 8, "num_reference": 16,
             "fid": 50.0, "kid_mean": 0.05, "grid": None, "device": "cpu", "gpu": "", "timestamp": "2026-01-01T00:00:00+00:00"}
-    append_row("resolution", {**base, "study": "mine", "checkpoint": "runs/syn/full-seed7/latest.pt"}, results)
+    append_row("resolution", {**base, "study": "mine", "checkpoint": "/tmp/runs/syn/full-seed7/latest.pt"}, results)
     append_row("resolution", {**base, "study": "theirs", "checkpoint": "runs/other/full-seed0/latest.pt"}, results)
     text = build.build_report(results, "syn", log=lambda s: None).read_text()
-    assert "## Resolution" in text and "| mine |" in text and "| theirs |" not in text
+    assert "## Resolution" in text and "| mine |" in text and "| theirs |" not in text  # same run, other runs root
     assert build.resolution_section(results, results / "out") is not None  # no filter: every row
     assert build.resolution_section(results, results / "out", {"runs/nowhere"}) is None
 

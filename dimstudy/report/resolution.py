@@ -44,22 +44,24 @@ def resolution_table(df: pd.DataFrame) -> pd.DataFrame:
     return df[list(COLUMNS.values())].set_axis(list(COLUMNS), axis=1).reset_index(drop=True)
 
 
-def run_dir_of(checkpoint: str | Path) -> Path:
-    """runs/x/latest.pt -> runs/x; a run directory stays itself."""
-    path = Path(checkpoint)
-    return path.parent if path.suffix == ".pt" else path
+def run_key(path: str | Path) -> tuple[str, ...]:
+    """A run's <study>/<run name>, from its directory or a checkpoint in it: the same run whether it is named
+    absolutely, relatively, or under a runs root that moved (a GPU machine's /tmp/runs)."""
+    path = Path(path)
+    return (path.parent if path.suffix == ".pt" else path).parts[-2:]
 
 
 def write_section(root: Path, out_dir: Path, sources: set[str] | None = None) -> str | None:
     """Markdown section over `<root>/resolution.jsonl`; writes resolution.md, resolution.csv and each study's
     side-by-side grid (copied from `<root>/<grid>`) into `out_dir`. With `sources` (run directories), only the
-    rows whose low-resolution checkpoint came from one of them. None when no rows are left."""
+    rows whose low-resolution checkpoint came from one of them (compared by `run_key`). None when no rows are left."""
     from dimstudy.resolution import TABLE
     from dimstudy.results import read_table
 
     df = read_table(TABLE, root)
     if sources is not None and not df.empty:
-        df = df[df["checkpoint"].map(lambda c: str(run_dir_of(c)) in sources)]
+        keys = {run_key(d) for d in sources}
+        df = df[df["checkpoint"].map(lambda c: run_key(c) in keys)]
     if df.empty:
         return None
     out_dir = Path(out_dir)
