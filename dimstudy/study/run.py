@@ -34,12 +34,10 @@ def check_grid_model(cfg: StudyConfig) -> None:
 def check_ema(cfg: StudyConfig, log: Log) -> None:
     """Say once, before any trial trains, when the preset's EMA would still be mostly the initial weights at
     the end of training (every trial would then sample noise); the trainer repeats it in each run."""
-    from dimstudy.train.ema import init_share
-    from dimstudy.train.trainer import EMA_INIT_WARN, ema_warning
+    from dimstudy.train.trainer import ema_warning
 
-    share = init_share(cfg.train.ema_decay, cfg.train.steps, cfg.train.ema_warmup)
-    if share > EMA_INIT_WARN:
-        log(f"warning: {ema_warning(cfg.train, share)} (study flag --ema-warmup)")
+    if msg := ema_warning(cfg.train):
+        log(f"warning: {msg} (study flag --ema-warmup)")
 
 
 def run_grid(cfg: StudyConfig, variants: list[Variant], *, report: bool = True, log: Log = print,

@@ -176,7 +176,11 @@ def _truncate_log(path: Path, last_step: int) -> None:
 EMA_INIT_WARN = 0.01  # warn when the final EMA keeps more than this share of the initial weights
 
 
-def ema_warning(cfg: TrainConfig, share: float) -> str:
+def ema_warning(cfg: TrainConfig) -> str | None:
+    """The warning for a run whose final EMA would keep more than EMA_INIT_WARN of the initial weights, else None."""
+    share = init_share(cfg.ema_decay, cfg.steps, cfg.ema_warmup)
+    if share <= EMA_INIT_WARN:
+        return None
     return (f"EMA: with ema_decay {cfg.ema_decay} over {cfg.steps} steps"
             f"{' (with warm-up)' if cfg.ema_warmup else ''}, the final EMA weights are still {share:.0%} the "
             f"initial ones, and samples from them are mostly noise; set ema_warmup = true or lower ema_decay")
@@ -247,9 +251,8 @@ def train(
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
 
         start = 0
-        share = init_share(cfg.ema_decay, cfg.steps, cfg.ema_warmup)
-        if share > EMA_INIT_WARN and info.is_main and not resume:
-            warnings.warn(ema_warning(cfg, share), stacklevel=2)
+        if info.is_main and not resume and (msg := ema_warning(cfg)):
+            warnings.warn(msg, stacklevel=2)
         if resume:
             ckpt = read_checkpoint(latest)
             _check_resume_config(ckpt["config"], cfg)
@@ -351,7 +354,7 @@ def train(
             "wall_s": time.perf_counter() - t_start, "world_size": info.world_size, "device": str(device),
             "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
             "checkpoint": str(latest), "loss_log": str(log_path),
-            "params_digest": params_digest(raw), "ema_init_share": share,
+            "params_digest": params_digest(raw), "ema_init_share": init_share(cfg.ema_decay, cfg.steps, cfg.ema_warmup),
         }
         if info.is_main:
             (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
