@@ -251,6 +251,7 @@ def resolution_study(
     """
     from dimstudy.diffusion import build_schedule
     from dimstudy.metrics import compute_metrics
+    from dimstudy.bench.speed import backends_that_ran
     from dimstudy.results import DEFAULT_ROOT, append_row, environment
     from dimstudy.train import draw_samples, load_checkpoint, save_grid
     from dimstudy.train.trainer import resolve_device
@@ -276,6 +277,8 @@ def resolution_study(
     images["upsample_guidance"] = draw_samples(low, schedule, n, img_size=hi_side,
                                                upsample=dict(m=m, theta=theta, eta=eta), **sample_kw)
     timings["upsample_guidance"] = time.perf_counter() - t0
+    kernels = {"direct": backends_that_ran(low)}
+    kernels["upsample_guidance"] = kernels["direct"]
 
     # A short fine-tune must not spend itself warming up, and its EMA must be able to move: at the source's
     # decay (0.9999 in the paper) 100 steps would leave the EMA at 99% the loaded weights, i.e. at `direct`.
@@ -289,6 +292,7 @@ def resolution_study(
     t0 = time.perf_counter()
     images["finetune"] = draw_samples(high, schedule, n, **sample_kw)
     timings["finetune"] = time.perf_counter() - t0
+    kernels["finetune"] = backends_that_ran(high)
     extra["finetune"] = {"finetune_steps": ft_cfg.steps, "finetune_lr": ft_cfg.lr, "finetune_wd": ft_cfg.weight_decay,
                          "finetune_batch_size": ft_cfg.batch_size, "finetune_warmup": ft_cfg.warmup_steps,
                          "finetune_ema_decay": ft_cfg.ema_decay, "finetune_s": summary["wall_s"],
@@ -316,7 +320,8 @@ def resolution_study(
             "fid": metrics["fid"], "kid_mean": metrics.get("kid_mean"), "kid_std": metrics.get("kid_std"),
             "reference": metrics["reference"], "feature_extractor": metrics["feature_extractor"],
             "finetune_steps": 0, "sample_s": timings[method], "fid_s": time.perf_counter() - t0,
-            "seed": seed, "grid": str(grid_rel), **extra.get(method, {}), **environment(dev),
+            "seed": seed, "grid": str(grid_rel), "scan_backend": kernels[method].get("scan_backend"),
+            "attn_backend": kernels[method].get("attn_backend"), **extra.get(method, {}), **environment(dev),
         }
         append_row(TABLE, row, root)
         rows.append(row)

@@ -6,8 +6,9 @@
 #   bash experiments/gpu-small.sh                       # defaults below; every setting is an env variable
 #   WORKERS=6 RES_SCALES="2 3" bash experiments/gpu-small.sh
 #
-# On one H200 (2026-11-26) the study took 11.3 min with 12 workers and the x2 resolution study 4.5 min
-# (1000 samples per method at 64 px, a 500-step fine-tune).
+# On one H200 (2026-11-26, results/gpu-small/) the study took 19.3 min with 12 workers (12 trials side by side,
+# ~1.05 steps/s each; 133 of 140 GiB of GPU memory in use while they sampled: WORKERS=6 on an 80 GB card) and the x2 resolution
+# study 4.5 min (1000 samples per method at 64 px, a 500-step fine-tune).
 #
 # Re-running continues: finished trials are kept (Optuna storage under $RESULTS/$STUDY/), an interrupted
 # training resumes from its run directory, and a finished resolution study is skipped.

@@ -311,6 +311,7 @@ def test_resolution_study_writes_three_rows_a_side_by_side_grid_and_a_report(low
     assert df[df["method"] == "finetune"].iloc[0]["finetune_steps"] == 2
     for col in ("sampler", "steps", "seed", "fid", "kid_mean", "git_sha", "torch", "device", "checkpoint", "finetune_lr"):
         assert col in df
+    assert df["scan_backend"].tolist() == ["torch-chunked"] * 3 and df["attn_backend"].isna().all()  # the CPU scan ran
     grid = Image.open(root / rows[0]["grid"])
     assert grid.size == Image.open(out / "side_by_side.png").size and grid.size[0] > 3 * 256
     for method in ("direct", "upsample_guidance", "finetune"):
