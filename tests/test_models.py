@@ -208,3 +208,35 @@ def test_unknown_model_lists_the_choices():
 
 def test_create_model_drops_none_overrides():
     assert create_model("dim_tiny_2", depth=None).depth == 5
+
+
+# -- RMSNorm under autocast ----------------------------------------------------------------------------------
+def test_rmsnorm_is_nn_rmsnorm_in_float32_and_normalizes_half_inputs_in_float32():
+    import warnings
+
+    from dimstudy.models.layers import RMSNorm
+
+    torch.manual_seed(0)
+    ours, ref = RMSNorm(16, eps=1e-5), torch.nn.RMSNorm(16, eps=1e-5)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+    assert ref.load_state_dict(ours.state_dict()) is not None  # same keys, interchangeable checkpoints
+    x = torch.randn(3, 5, 16)
+    assert torch.equal(ours(x), ref(x))
+    xb = x.bfloat16()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PyTorch warns when it cannot use its fused kernel
+        y = ours(xb)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, torch.nn.functional.rms_norm(xb.float(), (16,), ours.weight, 1e-5).bfloat16())
+    y.float().sum().backward()
+    assert ours.weight.grad is not None and ours.weight.grad.dtype == torch.float32
+
+
+def test_dim_uses_the_float32_rmsnorm_in_its_blocks_and_head():
+    from dimstudy.models.layers import RMSNorm
+
+    model = create_model("dim_tiny_2", img_size=8)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.RMSNorm)]
+    assert norms and all(type(m) is RMSNorm for m in norms)
+    assert len(norms) == len(model.blocks) + 1

@@ -28,6 +28,7 @@ import torch.nn as nn
 from dimstudy.models.layers import (
     AdaLNHead,
     PatchEmbed,
+    RMSNorm,
     TimestepMLP,
     resize_pos_embed,
     timestep_embedding,
@@ -50,7 +51,7 @@ class DiMBlock(nn.Module):
     def __init__(self, dim: int, mixer: type[nn.Module], adaln: bool, skip: bool, layer_idx: int, **mixer_kw):
         super().__init__()
         self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
-        self.norm = nn.RMSNorm(dim, eps=1e-5)
+        self.norm = RMSNorm(dim, eps=1e-5)
         self.mixer = mixer(dim, layer_idx=layer_idx, **mixer_kw)
         self.ada_table = nn.Parameter(torch.randn(3, dim) * 0.02) if adaln else None
 

@@ -79,15 +79,30 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm that normalizes a low-precision input in float32 against its float32 weight.
+
+    Under bf16/fp16 autocast the input arrives in half precision while the weight stays float32; PyTorch then
+    cannot use its fused kernel and falls back to a chain of elementwise ones (with a warning). Upcasting the
+    input keeps one fused kernel and computes in float32, as mamba-ssm's own RMSNorm does; the output is cast
+    back to the input's dtype. Same parameters and state dict as nn.RMSNorm.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is None or x.dtype == self.weight.dtype:
+            return super().forward(x)
+        return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).to(x.dtype)
+
+
 class AdaLNHead(nn.Module):
     """Final layer: norm -> (optional) adaLN shift/scale from the condition -> Linear(D, p*p*C).
 
     `norm` is a class so DiM (RMSNorm) and other models can share the head.
     """
 
-    def __init__(self, dim: int, patch_size: int, out_chans: int, adaln: bool, norm: type[nn.Module] = nn.RMSNorm):
+    def __init__(self, dim: int, patch_size: int, out_chans: int, adaln: bool, norm: type[nn.Module] = RMSNorm):
         super().__init__()
-        self.norm = norm(dim, eps=1e-5) if norm is nn.RMSNorm else norm(dim)
+        self.norm = norm(dim, eps=1e-5) if issubclass(norm, nn.RMSNorm) else norm(dim)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim)) if adaln else None
         self.linear = nn.Linear(dim, patch_size * patch_size * out_chans)
 
