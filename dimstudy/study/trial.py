@@ -61,6 +61,7 @@ def run_trial(trial: optuna.Trial, cfg: StudyConfig, log: Log = print, progress:
             "retries": spec.get("retries", 0), "params": params or None, "run_dir": str(run_dir)}
     try:
         train_summary = _train(trial, kind, cfg, tcfg, log, tag, progress)
+        _release_cached_gpu_memory()  # the training's cached blocks would stack under the sampler's (many workers, one GPU)
         loss_log = read_loss_log(run_dir / "loss.jsonl")
         speed = (f"{train_summary['steps_per_s']:.2f} steps/s" if train_summary.get("steps_this_run")
                  else f"already trained to step {train_summary.get('steps')}")
@@ -92,6 +93,11 @@ def run_trial(trial: optuna.Trial, cfg: StudyConfig, log: Log = print, progress:
         _finish_row({**base, "status": "failed", "error": msg, "wall_s": time.perf_counter() - t0}, cfg, tcfg)
         log(f"{tag} failed: {msg}\n{traceback.format_exc(limit=4)}")
         raise
+
+
+def _release_cached_gpu_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _finish_row(row: dict, cfg: StudyConfig, tcfg: TrainConfig) -> dict:
