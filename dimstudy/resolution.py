@@ -249,9 +249,9 @@ def resolution_study(
     (a few minutes with dim_tiny_2 at 16 -> 32 px); FID from 32 images is only good for comparing the
     rows of one study, so raise n, num_reference and finetune_steps on a GPU.
     """
+    from dimstudy.bench.speed import backends_that_ran
     from dimstudy.diffusion import build_schedule
     from dimstudy.metrics import compute_metrics
-    from dimstudy.bench.speed import backends_that_ran
     from dimstudy.results import DEFAULT_ROOT, append_row, environment
     from dimstudy.train import draw_samples, load_checkpoint, save_grid
     from dimstudy.train.trainer import resolve_device

@@ -53,7 +53,7 @@ def main() -> None:
     ours = RMSNorm.forward
     variants = {"float32 RMSNorm (dimstudy)": ours, "nn.RMSNorm (bf16 input, fp32 weight)": nn.RMSNorm.forward}
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for name, fwd in variants.items():  # warm-up both paths
+    for fwd in variants.values():  # warm-up both paths
         RMSNorm.forward = fwd
         time_steps(step, 10, device)
     for _ in range(args.rounds):

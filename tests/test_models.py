@@ -220,9 +220,9 @@ def test_rmsnorm_is_nn_rmsnorm_in_float32_and_normalizes_half_inputs_in_float32(
     ours, ref = RMSNorm(16, eps=1e-5), torch.nn.RMSNorm(16, eps=1e-5)
     with torch.no_grad():
         ours.weight.uniform_(0.5, 1.5)
-    assert ref.load_state_dict(ours.state_dict()) is not None  # same keys, interchangeable checkpoints
+    ref.load_state_dict(ours.state_dict())  # strict: the same keys, so checkpoints interchange
     x = torch.randn(3, 5, 16)
-    assert torch.equal(ours(x), ref(x))
+    assert torch.equal(ours(x), ref(x))  # float32: exactly nn.RMSNorm (with the loaded, non-unit weight)
     xb = x.bfloat16()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # PyTorch warns when it cannot use its fused kernel

@@ -39,7 +39,6 @@ from dimstudy.ops.mamba import Mamba
 from dimstudy.registry import register_model
 
 
-
 class DiMBlock(nn.Module):
     """x <- x + (1 + g) * mixer(RMSNorm(x) * (1 + s) + b), after an optional long-skip fusion.
 
