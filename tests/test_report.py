@@ -64,7 +64,12 @@ def test_ablation_table_has_the_papers_layout_and_known_mean_and_std(results):
     assert list(paper[:3]) == [2.92, 2.94, 17.60] and math.isnan(paper[3])
     assert [list(t.loc[i, ["MS", "LSC", "PT", "LFE"]]) for i in range(2)] == [[True] * 4, [True, True, False, True]]
 
+    # the difference to the full model, and whether the seed ranges meet: -PT [20, 22] vs full [10, 11, 12]
+    assert list(t["fid_delta"][1:]) == [10.0, 19.0, 29.0] and math.isnan(t["fid_delta"][0])
+    assert list(t["seeds_apart"]) == [None, True, None, None]  # -MS and -LSC-PT have one seed: no verdict
+
     shown = tables.display(t, "FID (ours, 200 samples)")
+    assert list(shown["Δ FID vs full"]) == ["", "+10.00 (seeds apart)", "+19.00", "+29.00"]
     assert list(shown.columns[:5]) == ["MS", "LSC", "PT", "LFE", "variant"]
     assert list(shown["FID (ours, 200 samples)"]) == ["11.00 ± 1.00", "21.00 ± 1.41", "30.00", "40.00"]
     assert list(shown["paper FID (Tab. 4)"]) == ["2.92", "2.94", "17.60", "—"]
@@ -82,7 +87,25 @@ def test_scan_table_reuses_the_shared_networks(results):
     assert list(t["paper FID (Tab. 6)"]) == [2.92, 2.91, 17.60]
     shown = tables.display(t)
     assert list(shown["Scanning patterns"]) == ["①②③④ (1234)", "①② (12)", "① (1)"]
+    assert list(shown["Δ FID vs 1234"]) == ["", "+5.00 (seeds apart)", "+19.00"]
     assert r"\textcircled{1}\textcircled{2}" in tables.latex(shown)
+
+
+@pytest.mark.parametrize("values, reference, apart", [
+    ([20.0, 22.0], [10.0, 12.0], True), ([1.0, 2.0], [10.0, 12.0], True),  # worse, or better, in every seed
+    ([11.0, 30.0], [10.0, 12.0], False), ([12.0, 13.0], [10.0, 12.0], False),  # ranges meet (a tie counts)
+    ([20.0], [10.0, 12.0], None), ([20.0, 21.0], [10.0], None),  # one seed shows no noise
+])
+def test_seeds_apart(values, reference, apart):
+    assert tables.seeds_apart(values, reference) is apart
+    assert tables.delta_cell(5.0, apart) == "+5.00" + {True: " (seeds apart)", False: " (seeds overlap)", None: ""}[apart]
+
+
+def test_a_table_without_the_full_model_has_no_difference_column(results):
+    df = read_runs(results, "syn")
+    t = tables.ablation_table(df[df["variant_key"] != make_variant(()).key])
+    assert t["fid_delta"].isna().all()
+    assert not any(c.startswith("Δ FID") for c in tables.display(t).columns)
 
 
 def test_report_writes_tables_plots_and_says_what_the_numbers_are(results):

@@ -142,7 +142,10 @@ def header(df: pd.DataFrame, study: str) -> str:
         "FID from a few hundred samples is biased high and noisy (it falls as the sample count grows), so compare "
         "rows of one table only. The paper's columns are the paper's own numbers: DiM-S/2 on CIFAR-10 after 500K "
         "steps, FID-50K against the training set; they show what the ordering looked like there, not a target "
-        "for these numbers. ± is the standard deviation over seeds.",
+        "for these numbers. ± is the standard deviation over seeds. Δ FID is a row's mean minus the full model's; "
+        "'seeds apart' means every seed of the row lies on one side of every seed of the full model, 'seeds overlap' "
+        "that they do not. A coarse test: the seeds of two equally good networks land apart by chance one time in "
+        "three with two seeds each, one time in ten with three each.",
     ]
     alarm = ema_alarm(where)
     if alarm:

@@ -49,13 +49,24 @@ def seed_stats(rows: pd.DataFrame, value: str, by: str = "variant_key") -> pd.Da
     }).reset_index()
 
 
+def seeds_apart(values: list[float], reference: list[float]) -> bool | None:
+    """True when every seed's value lies on one side of every reference seed's (the seed ranges do not meet),
+    False when they overlap, None with fewer than two seeds on either side (one seed shows no noise)."""
+    if len(values) < 2 or len(reference) < 2:
+        return None
+    return min(values) > max(reference) or max(values) < min(reference)
+
+
 def _table(rows: pd.DataFrame, order: list[str], paper_col: str, paper_fid, label_fn) -> pd.DataFrame:
-    """One line per network (variant_key): labels, component flags, FID mean/std over seeds, the paper's FID
+    """One line per network (variant_key): labels, component flags, FID mean/std over seeds, the FID difference
+    to the table's reference network (order[0]: the full DiM) and whether their seeds are apart, the paper's FID
     (paper_fid(key, first_row) -> float or NaN), in `order` first."""
     first = rows.drop_duplicates("variant_key").set_index("variant_key")
     stats = seed_stats(rows, "fid").set_index("variant_key")
     loss = seed_stats(rows, "final_loss").set_index("variant_key")
     keys = [k for k in order if k in first.index] + sorted(k for k in first.index if k not in order)
+    ref = order[0] if order and order[0] in first.index else None
+    others = [k for k in keys if ref is not None and k != ref]
     return pd.DataFrame({
         "variant": [label_fn(first.loc[k]) for k in keys],
         **{ABBREV[c]: [bool(first.loc[k, c]) for k in keys] for c in COMPONENTS},
@@ -64,6 +75,10 @@ def _table(rows: pd.DataFrame, order: list[str], paper_col: str, paper_fid, labe
         "fid_std": [stats.loc[k, "fid_std"] for k in keys],
         "seeds": [int(stats.loc[k, "seeds"]) for k in keys],
         "fid_values": [stats.loc[k, "fid_values"] for k in keys],
+        "fid_delta": [stats.loc[k, "fid_mean"] - stats.loc[ref, "fid_mean"] if k in others else math.nan for k in keys],
+        "seeds_apart": [seeds_apart(stats.loc[k, "fid_values"], stats.loc[ref, "fid_values"]) if k in others else None
+                        for k in keys],
+        "reference": label_fn(first.loc[ref]) if ref is not None else "",
         "final_loss_mean": [loss.loc[k, "final_loss_mean"] if k in loss.index else math.nan for k in keys],
         "params_m": [first.loc[k, "params_m"] for k in keys],
         "gflops": [first.loc[k, "gflops"] for k in keys],
@@ -158,6 +173,13 @@ def mean_spread(mean: float, std: float, n: int, digits: int = 2) -> str:
     return f"{mean:.{digits}f}"
 
 
+def delta_cell(delta: float, apart: bool | None) -> str:
+    """'+28.05 (seeds apart)', '+7.60 (seeds overlap)', '+19.00' (one seed somewhere), '' (the reference)."""
+    if delta is None or math.isnan(delta):
+        return ""
+    return f"{delta:+.2f}" + {True: " (seeds apart)", False: " (seeds overlap)"}.get(apart, "")
+
+
 def display(table: pd.DataFrame, fid_header: str = "FID (ours)") -> pd.DataFrame:
     """Text cells in the paper's layout: component check marks, patterns, FID mean ± std, seeds, paper FID."""
     if table.empty:
@@ -172,6 +194,8 @@ def display(table: pd.DataFrame, fid_header: str = "FID (ours)") -> pd.DataFrame
         out["variant"] = table["variant"]
     out[fid_header] = [mean_spread(m, s, n) for m, s, n in zip(table["fid_mean"], table["fid_std"], table["seeds"], strict=True)]
     out["seeds"] = table["seeds"].astype(int)
+    if "fid_delta" in table and table["fid_delta"].notna().any():
+        out[f"Δ FID vs {table['reference'].iloc[0]}"] = [delta_cell(d, a) for d, a in zip(table["fid_delta"], table["seeds_apart"], strict=True)]
     out["final loss"] = [mean_spread(v, math.nan, 1, 4) for v in table["final_loss_mean"]]
     out["params (M)"] = [f"{v:.3g}" for v in table["params_m"]]
     out[paper_col] = [f"{v:.2f}" if not math.isnan(v) else "—" for v in table[paper_col]]
