@@ -1,0 +1,411 @@
+"""Mamba-1's selective scan in Triton: forward and backward, the signature of `selective_scan_ref`.
+
+    u, delta, z: (b, d, l)    A: (d, n)    B, C: (b, n, l) or (b, 1, n, l)    D, delta_bias: (d,)
+
+Any strides: the kernels read each tensor through its strides, so the (b, l, d) projections of the mixer,
+seen as (b, d, l) through a transpose, go in without a copy, and y comes back in u's layout.
+
+How it runs. One program owns `BD` channels of one batch row and walks the whole sequence, its (BD, n)
+state in registers (float32 whatever the inputs are). A step is one exp2 per state element (the floor of
+this kernel is the special-function unit, not memory: at DiM-H/2's 1024 px shape the exps take ~50 us at
+batch 1 on an H100/H200, the bytes ~26 us), so the grid is made wide by spreading a channel's n states over
+several threads (small `BD`, several programs per warp's worth of channels) rather than by splitting the
+sequence into chunks, which would cost a second pass of exps. Inputs for step t + 1 are loaded while step t
+computes, so a program waits on memory once, not once per step.
+
+The forward saves the state entering every `CK` steps (b, l / CK, d, n). The backward walks the chunks from
+last to first: it recomputes one chunk's states from its saved entry into a small float32 scratch, then runs
+the adjoint recurrence lambda_t = C_t g_t + a_{t+1} lambda_{t+1} backwards over it and forms every gradient
+from lambda_t, h_t and h_{t-1}. Gradients that sum over channels (B, C) are written per block of channels
+and summed afterwards, those that sum over batch and time (A, D, delta_bias) per batch row: the result is
+deterministic, with no atomics.
+
+Triton's interpreter (TRITON_INTERPRET=1, set before this module is imported) runs the same kernels on CPU
+tensors; the tests use it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = math.log2(math.e)
+
+
+# -- pieces shared by the two kernels -------------------------------------------------------------------------
+@triton.jit
+def _softplus(x):
+    """log(1 + exp(x)), and x itself above 20 (torch's threshold); log1p by the (1 + e) - 1 correction."""
+    e = tl.exp(-tl.abs(x))
+    w = 1.0 + e
+    log1p_e = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
+    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + log1p_e)
+
+
+@triton.jit
+def _step_dt(delta, bias, valid, SOFTPLUS: tl.constexpr):
+    """dt of one step (BD,) from raw delta + bias; 0 past the end of the sequence, where a step is the identity."""
+    x = delta + bias
+    if SOFTPLUS:
+        dt = _softplus(x)
+    else:
+        dt = x
+    return tl.where(valid, dt, 0.0)
+
+
+@triton.jit
+def _load_step(t, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
+               offs_d_u, offs_d_dl, offs_d_z, offs_n_B, offs_n_C, mask_d, mask_n, HAS_Z: tl.constexpr):
+    """u, delta, B, C, z of step t as float32 (zeros past the end)."""
+    ok = t < L
+    u = tl.load(b_u + t * s_ul + offs_d_u, mask=mask_d & ok, other=0.0).to(tl.float32)
+    dl = tl.load(b_dl + t * s_dl + offs_d_dl, mask=mask_d & ok, other=0.0).to(tl.float32)
+    Bt = tl.load(b_B + t * s_Bl + offs_n_B, mask=mask_n & ok, other=0.0).to(tl.float32)
+    Ct = tl.load(b_C + t * s_Cl + offs_n_C, mask=mask_n & ok, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(b_z + t * s_zl + offs_d_z, mask=mask_d & ok, other=0.0).to(tl.float32)
+    else:
+        z = u
+    return u, dl, Bt, Ct, z
+
+
+# -- forward ------------------------------------------------------------------------------------------------
+@triton.jit
+def _scan_fwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    y_ptr, last_ptr, ck_ptr,
+    L, DIM, NST, N_CK, CK,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl,
+    s_zb, s_zd, s_zl, s_yb, s_yd, s_yl,
+    BD: tl.constexpr, NP: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BD + tl.arange(0, BD)  # (BD,)
+    offs_n = tl.arange(0, NP)  # (NP,)
+    mask_d = offs_d < DIM
+    mask_n = offs_n < NST
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+
+    # exp(dt A) = exp2(dt * A log2 e): one multiply and one ex2 per element
+    A2 = tl.load(A_ptr + offs_d[:, None] * NST + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BD], dtype=tl.float32)
+
+    b_u, b_dl, b_z = u_ptr + pid_b * s_ub, dl_ptr + pid_b * s_db, z_ptr + pid_b * s_zb
+    b_B, b_C, b_y = B_ptr + pid_b * s_Bb, C_ptr + pid_b * s_Cb, y_ptr + pid_b * s_yb
+    o_u, o_dl, o_z, o_y = offs_d * s_ud, offs_d * s_dd, offs_d * s_zd, offs_d * s_yd
+    o_B, o_C = offs_n * s_Bn, offs_n * s_Cn
+    ck_base = ck_ptr + pid_b * N_CK * DIM * NST + offs_d[:, None] * NST + offs_n[None, :]
+
+    h = tl.zeros([BD, NP], dtype=tl.float32)
+    nxt = _load_step(0, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
+                     o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z)
+    for c in range(N_CK):
+        tl.store(ck_base + c * DIM * NST, h, mask=mask_dn)  # the state entering chunk c
+        for i in range(CK):
+            t = c * CK + i
+            u, dl, Bt, Ct, z = nxt
+            nxt = _load_step(t + 1, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
+                             o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z)
+            dt = _step_dt(dl, bias, t < L, SOFTPLUS)
+            a = tl.exp2(dt[:, None] * A2)
+            h = a * h + (dt * u)[:, None] * Bt[None, :]
+            y = tl.sum(h * Ct[None, :], axis=1)  # (BD,)
+            if HAS_D:
+                y += Dv * u
+            if HAS_Z:
+                y = y * (z * tl.sigmoid(z))
+            tl.store(b_y + t * s_yl + o_y, y.to(y_ptr.dtype.element_ty), mask=mask_d & (t < L))
+    tl.store(last_ptr + pid_b * DIM * NST + offs_d[:, None] * NST + offs_n[None, :], h, mask=mask_dn)
+
+
+# -- backward -----------------------------------------------------------------------------------------------
+@triton.jit
+def _scan_bwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, gy_ptr, glast_ptr,
+    du_ptr, ddl_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, scr_ptr,
+    L, DIM, NST, N_CK, CK, BATCH,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl,
+    s_zb, s_zd, s_zl, s_gb, s_gd, s_gl,
+    s_dub, s_dud, s_dul, s_ddb, s_ddd, s_ddl, s_dzb, s_dzd, s_dzl,
+    BD: tl.constexpr, NP: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_GLAST: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    mask_d = offs_d < DIM
+    mask_n = offs_n < NST
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    dn_offs = offs_d[:, None] * NST + offs_n[None, :]
+
+    A = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BD], dtype=tl.float32)
+
+    b_u, b_dl, b_z = u_ptr + pid_b * s_ub, dl_ptr + pid_b * s_db, z_ptr + pid_b * s_zb
+    b_B, b_C, b_g = B_ptr + pid_b * s_Bb, C_ptr + pid_b * s_Cb, gy_ptr + pid_b * s_gb
+    o_u, o_dl, o_z, o_g = offs_d * s_ud, offs_d * s_dd, offs_d * s_zd, offs_d * s_gd
+    o_B, o_C = offs_n * s_Bn, offs_n * s_Cn
+    b_du, b_ddl, b_dz = du_ptr + pid_b * s_dub, ddl_ptr + pid_b * s_ddb, dz_ptr + pid_b * s_dzb
+    o_du, o_ddl, o_dz = offs_d * s_dud, offs_d * s_ddd, offs_d * s_dzd
+    # per block of channels: dB, dC as (n_blocks, b, l, n) partial sums over this block's channels
+    b_dBC = (pid_d * BATCH + pid_b) * L * NST
+    ck_base = ck_ptr + pid_b * N_CK * DIM * NST + dn_offs
+    # this program's scratch: slot 0 the state entering the chunk, slot i + 1 the state after its step i
+    scr = scr_ptr + (pid_b * tl.num_programs(0) + pid_d) * (CK + 1) * BD * NP \
+        + tl.arange(0, BD)[:, None] * NP + offs_n[None, :]
+
+    dA_acc = tl.zeros([BD, NP], dtype=tl.float32)
+    dD_acc = tl.zeros([BD], dtype=tl.float32)
+    dbias_acc = tl.zeros([BD], dtype=tl.float32)
+    if HAS_GLAST:  # a_{t+1} lambda_{t+1} entering the last step: the last state's own gradient
+        carry = tl.load(glast_ptr + pid_b * DIM * NST + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)
+    else:
+        carry = tl.zeros([BD, NP], dtype=tl.float32)
+
+    for cc in range(N_CK):
+        c = N_CK - 1 - cc
+        # 1. this chunk's states again, from its saved entry state
+        h = tl.load(ck_base + c * DIM * NST, mask=mask_dn, other=0.0)
+        tl.store(scr, h)
+        for i in range(CK):
+            t = c * CK + i
+            ok = t < L
+            u = tl.load(b_u + t * s_ul + o_u, mask=mask_d & ok, other=0.0).to(tl.float32)
+            dl = tl.load(b_dl + t * s_dl + o_dl, mask=mask_d & ok, other=0.0).to(tl.float32)
+            Bt = tl.load(b_B + t * s_Bl + o_B, mask=mask_n & ok, other=0.0).to(tl.float32)
+            dt = _step_dt(dl, bias, ok, SOFTPLUS)
+            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+            tl.store(scr + (i + 1) * BD * NP, h)
+        # 2. the adjoint, backwards over the chunk
+        for ii in range(CK):
+            i = CK - 1 - ii
+            t = c * CK + i
+            ok = t < L
+            mt = mask_d & ok
+            u, dl, Bt, Ct, z = _load_step(t, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
+                                          o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z)
+            g = tl.load(b_g + t * s_gl + o_g, mask=mt, other=0.0).to(tl.float32)
+            h_t = tl.load(scr + (i + 1) * BD * NP)
+            h_prev = tl.load(scr + i * BD * NP)
+            x = dl + bias
+            dt = _step_dt(dl, bias, ok, SOFTPLUS)
+            a = tl.exp2(dt[:, None] * A2)
+            if HAS_Z:  # y = y_pre * silu(z)
+                y_pre = tl.sum(h_t * Ct[None, :], axis=1)
+                if HAS_D:
+                    y_pre += Dv * u
+                sz = tl.sigmoid(z)
+                tl.store(b_dz + t * s_dzl + o_dz, (g * y_pre * sz * (1.0 + z * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
+                         mask=mt)
+                g = g * (z * sz)
+            lam = g[:, None] * Ct[None, :] + carry  # dLoss/dh_t, (BD, NP)
+            dtu = dt * u
+            g_dtu = tl.sum(lam * Bt[None, :], axis=1)  # dLoss/d(dt u) per channel
+            q = lam * a * h_prev  # dLoss/d(dt A)
+            dA_acc += q * dt[:, None]
+            g_dt = tl.sum(q * A, axis=1) + g_dtu * u
+            g_u = g_dtu * dt
+            if HAS_D:
+                g_u += Dv * g
+                dD_acc += g * u
+            if SOFTPLUS:
+                g_dt = tl.where(x > 20.0, g_dt, g_dt * tl.sigmoid(x))
+            g_dt = tl.where(ok, g_dt, 0.0)
+            dbias_acc += g_dt
+            tl.store(b_du + t * s_dul + o_du, g_u.to(du_ptr.dtype.element_ty), mask=mt)
+            tl.store(b_ddl + t * s_ddl + o_ddl, g_dt.to(ddl_ptr.dtype.element_ty), mask=mt)
+            dB_t = tl.sum(lam * dtu[:, None], axis=0)  # (NP,), this block's channels only
+            dC_t = tl.sum(h_t * g[:, None], axis=0)
+            tl.store(dB_ptr + b_dBC + t * NST + offs_n, dB_t, mask=mask_n & ok)
+            tl.store(dC_ptr + b_dBC + t * NST + offs_n, dC_t, mask=mask_n & ok)
+            carry = a * lam
+    tl.store(dA_ptr + pid_b * DIM * NST + dn_offs, dA_acc, mask=mask_dn)
+    tl.store(dD_ptr + pid_b * DIM + offs_d, dD_acc, mask=mask_d)
+    tl.store(dbias_ptr + pid_b * DIM + offs_d, dbias_acc, mask=mask_d)
+
+
+# -- launchers ----------------------------------------------------------------------------------------------
+CHUNK = 64  # steps between the states the forward saves for the backward (scratch: (CHUNK + 1) * BD * n floats)
+
+
+def _chunking(length: int) -> tuple[int, int]:
+    """(number of chunks, chunk length): about CHUNK steps each, evened out so the last is not mostly padding."""
+    n_ck = triton.cdiv(length, CHUNK)
+    return n_ck, triton.cdiv(length, n_ck)
+
+
+BLOCK_OVERRIDE: tuple[int, int] | None = None  # (BD, warps) for every launch; for tuning sweeps
+
+
+def _block_config(batch: int, dim: int, device: torch.device) -> tuple[int, int]:
+    """(BD channels per program, warps per program). Few channels per program when batch * d is small, so that
+    the grid still covers every multiprocessor several times over (one program is one sequential walk)."""
+    if BLOCK_OVERRIDE is not None:
+        return BLOCK_OVERRIDE
+    if device.type != "cuda":
+        return min(16, triton.next_power_of_2(dim)), 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    bd = 32
+    while bd > 4 and batch * triton.cdiv(dim, bd) < 8 * sms:
+        bd //= 2
+    return bd, 1
+
+
+def _strides(*tensors):
+    return [s for x in tensors for s in x.stride()]
+
+
+def _check(u, delta, A, B, C, D, z, delta_bias):
+    b, d, length = u.shape
+    if delta.shape != u.shape or (z is not None and z.shape != u.shape):
+        raise ValueError(f"u, delta and z must have one shape (b, d, l); got {tuple(u.shape)}, "
+                         f"{tuple(delta.shape)}, {None if z is None else tuple(z.shape)}")
+    if A.dim() != 2 or A.shape[0] != d or A.is_complex():
+        raise ValueError(f"A must be real, (d, n) = ({d}, n); got {tuple(A.shape)} {A.dtype}")
+    n = A.shape[1]
+    for name, X in (("B", B), ("C", C)):
+        if X.shape != (b, n, length):
+            raise ValueError(f"{name} must be input-dependent, (b, n, l) = {(b, n, length)}; got {tuple(X.shape)}")
+    for name, v in (("D", D), ("delta_bias", delta_bias)):
+        if v is not None and v.shape != (d,):
+            raise ValueError(f"{name} must be (d,) = ({d},); got {tuple(v.shape)}")
+
+
+def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Launch the forward: y (u's dtype and layout), last state (b, d, n) float32, saved states (b, chunks, d, n)."""
+    _check(u, delta, A, B, C, D, z, delta_bias)
+    b, d, length = u.shape
+    n = A.shape[1]
+    n_ck, ck = _chunking(length)
+    y = torch.empty_like(u)
+    last = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
+    saved = torch.empty(b, n_ck, d, n, device=u.device, dtype=torch.float32)
+    bd, warps = _block_config(b, d, u.device)
+    A = A.contiguous()
+    zz = u if z is None else z
+    _scan_fwd_kernel[(triton.cdiv(d, bd), b)](
+        u, delta, A, B, C, u if D is None else D, zz, u if delta_bias is None else delta_bias,
+        y, last, saved,
+        length, d, n, n_ck, ck,
+        *_strides(u, delta, B, C, zz, y),
+        BD=bd, NP=max(2, triton.next_power_of_2(n)),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        num_warps=warps,
+    )
+    return y, last, saved
+
+
+def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, grad_y, grad_last=None):
+    """Launch the backward; returns du, ddelta, dA, dB, dC, dD, dz, ddelta_bias (None for absent inputs)."""
+    b, d, length = u.shape
+    n = A.shape[1]
+    n_ck, ck = _chunking(length)
+    bd, warps = _block_config(b, d, u.device)
+    nb = triton.cdiv(d, bd)
+    np_ = max(2, triton.next_power_of_2(n))
+    f32 = {"device": u.device, "dtype": torch.float32}
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else du
+    dB_part, dC_part = torch.empty(nb, b, length, n, **f32), torch.empty(nb, b, length, n, **f32)
+    dA_part, dD_part, dbias_part = torch.empty(b, d, n, **f32), torch.empty(b, d, **f32), torch.empty(b, d, **f32)
+    scratch = torch.empty(b * nb * (ck + 1) * bd * np_, **f32)
+    zz = u if z is None else z
+    _scan_bwd_kernel[(nb, b)](
+        u, delta, A.contiguous(), B, C, u if D is None else D, zz, u if delta_bias is None else delta_bias,
+        saved, grad_y, saved if grad_last is None else grad_last.contiguous(),
+        du, ddelta, dz, dB_part, dC_part, dA_part, dD_part, dbias_part, scratch,
+        length, d, n, n_ck, ck, b,
+        *_strides(u, delta, B, C, zz, grad_y, du, ddelta, dz),
+        BD=bd, NP=np_,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        HAS_GLAST=grad_last is not None, num_warps=warps,
+    )
+    dB = dB_part.sum(0).transpose(1, 2).to(B.dtype)  # (b, n, l)
+    dC = dC_part.sum(0).transpose(1, 2).to(C.dtype)
+    return (du, ddelta, dA_part.sum(0).to(A.dtype), dB, dC,
+            None if D is None else dD_part.sum(0).to(D.dtype),
+            None if z is None else dz,
+            None if delta_bias is None else dbias_part.sum(0).to(delta_bias.dtype))
+
+
+# -- autograd, as torch.library custom ops (so torch.compile traces through the scan without a graph break) --
+@torch.library.custom_op("dimstudy::selective_scan_fwd", mutates_args=())
+def _scan_fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                 D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                 delta_softplus: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+@_scan_fwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    b, d, length = u.shape
+    n_ck, _ = _chunking(length)
+    f32 = {"dtype": torch.float32}
+    return torch.empty_like(u), u.new_empty(b, d, A.shape[1], **f32), u.new_empty(b, n_ck, d, A.shape[1], **f32)
+
+
+@torch.library.custom_op("dimstudy::selective_scan_bwd", mutates_args=())
+def _scan_bwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                 D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                 delta_softplus: bool, saved: torch.Tensor, grad_y: torch.Tensor,
+                 grad_last: torch.Tensor | None) -> list[torch.Tensor]:
+    grads = scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, grad_y, grad_last)
+    return [u.new_empty(0) if g is None else g for g in grads]  # custom ops return tensors: empty for "none"
+
+
+@_scan_bwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, grad_y, grad_last):
+    like = (u, delta, A, B, C, D, z, delta_bias)
+    return [u.new_empty(0) if x is None else torch.empty_like(x) for x in like]
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
+    ctx.delta_softplus = delta_softplus
+
+
+def _backward(ctx, grad_y, grad_last, _grad_saved):
+    u, delta, A, B, C, D, z, delta_bias, saved = ctx.saved_tensors
+    grads = _scan_bwd_op(u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, saved, grad_y.contiguous()
+                         if grad_y.stride(1) != 1 and grad_y.stride(2) != 1 else grad_y, grad_last)
+    present = (u, delta, A, B, C, D, z, delta_bias)
+    return (*(None if x is None else g for x, g in zip(present, grads)), None)
+
+
+_scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          return_last_state=False):
+    """The selective scan on the Triton kernels; same arguments and results as `selective_scan_ref`.
+
+    Differentiable in u, delta, A, B, C, D, z and delta_bias (and through the last state). The last state
+    is float32, like mamba-ssm's; y has u's dtype and u's memory layout.
+    """
+    one_group = B.dim() == 4
+    if one_group:
+        if B.shape[1] != 1 or C.dim() != 4 or C.shape[1] != 1:
+            raise ValueError(f"B and C must be (b, n, l) or one group (b, 1, n, l); got {tuple(B.shape)}, "
+                             f"{tuple(C.shape)}")
+        B, C = B.squeeze(1), C.squeeze(1)
+    y, last, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
+    return (y, last) if return_last_state else y

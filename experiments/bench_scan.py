@@ -1,0 +1,144 @@
+"""Benchmark: dimstudy's Triton selective scan against mamba-ssm's CUDA kernel, in one process, with floors.
+
+    python experiments/bench_scan.py --out results/scan-bench          # the issue's three shapes
+    python experiments/bench_scan.py --sweep                            # also time every (BD, warps) config
+
+Shapes: DiM-H/2 at 1024 px (d_inner 3072, d_state 16, L 4496) forward at batch 1 and 8, and DiM-S/2
+training at 32 px (d_inner 1024, L 368, batch 128) forward and forward + backward. bf16 inputs, float32
+A, D and delta_bias, softplus on, z and D present: what the mixer passes. mamba-ssm reads (b, d, l) with
+stride 1 along l; the Triton kernel reads the mixer's (b, l, d) projections through a transpose.
+
+Floors, printed beside each time: memory (u, delta, z, B, C read once, y written once; backward: those, the
+output gradient and the four input gradients) over the copy bandwidth measured here, and the exp2 count over
+the special-function units' rate (16 per clock per multiprocessor at the boost clock, a datasheet figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from triton.testing import do_bench
+
+import dimstudy.ops.triton_scan as ts
+from dimstudy.ops.selective_scan import selective_scan_fn as mamba_scan
+from dimstudy.results import append_row, environment
+
+SHAPES = {  # name: (batch, d_inner, d_state, L, with backward)
+    "dim_h_2-1024px-b1": (1, 3072, 16, 4496, False),
+    "dim_h_2-1024px-b8": (8, 3072, 16, 4496, False),
+    "dim_s_2-32px-train-b128": (128, 1024, 16, 368, True),
+}
+BOOST_GHZ = 1.98  # H100/H200 SXM boost clock; the exp floor is a datasheet estimate
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a large device-to-device copy, read plus write."""
+    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = do_bench(lambda: y.copy_(x), warmup=50, rep=200, return_mode="median")
+    return 2 * x.numel() / (ms * 1e-3)
+
+
+def make_inputs(b, d, n, length, layout, grad=False):
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def act(scale=1.0):  # (b, d, l): bf16, l-contiguous ("bdl") or a view of (b, l, d) memory ("bld")
+        x = torch.randn(b, length, d, device="cuda", generator=g) * scale
+        x = x.to(torch.bfloat16).transpose(1, 2)
+        return x.contiguous() if layout == "bdl" else x
+
+    def bc():
+        x = torch.randn(b, length, n, device="cuda", generator=g).to(torch.bfloat16).transpose(1, 2)
+        return x.contiguous() if layout == "bdl" else x
+
+    u, delta, z = act(), act(0.5), act()
+    A = -torch.rand(d, n, device="cuda", generator=g) * 4 - 0.1
+    D, bias = torch.randn(d, device="cuda", generator=g), torch.randn(d, device="cuda", generator=g) * 0.3 - 4
+    xs = [u, delta, A, bc(), bc(), D, z, bias]
+    if grad:
+        xs = [x.detach().requires_grad_() for x in xs]
+    return xs
+
+
+def run_scan(fn, xs):
+    u, delta, A, B, C, D, z, bias = xs
+    return fn(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True)
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def bench_shape(name, b, d, n, length, backward, bw, sweep):
+    rows = []
+    ex_floor_ms = b * d * n * length / (torch.cuda.get_device_properties(0).multi_processor_count * 16 * BOOST_GHZ * 1e9) * 1e3
+    io = 2 * b * length * (3 * d + 2 * n) + 2 * b * length * d  # bf16: u, delta, z, B, C in, y out
+    mem_floor_ms = io / bw * 1e3
+    modes = ["fwd", "fwd+bwd"] if backward else ["fwd"]
+    for mode in modes:
+        grad = mode == "fwd+bwd"
+        xm, xt = make_inputs(b, d, n, length, "bdl", grad), make_inputs(b, d, n, length, "bld", grad)
+        gy = torch.randn(b, d, length, device="cuda").to(torch.bfloat16)
+
+        def step(fn, xs, grad=grad, gy=gy):
+            y = run_scan(fn, xs)
+            if grad:
+                y.backward(gy)
+            return y
+
+        # agreement on the same values (the layouts differ, the numbers do not)
+        ym, yt = step(mamba_scan, xm), step(ts.selective_scan_triton, xt)
+        err = {"y": rel(yt, ym)}
+        if grad:
+            for k, a_, b_ in zip("u delta A B C D z bias".split(), xt, xm):
+                err[k] = rel(a_.grad, b_.grad)
+                a_.grad = b_.grad = None
+        floor = (2 if grad else 1) * ex_floor_ms  # backward recomputes the exps once more
+        mem = mem_floor_ms * (3 if grad else 1)
+        t_m = do_bench(lambda xs=xm: step(mamba_scan, xs), warmup=25, rep=200, return_mode="median")
+        configs = [None]
+        if sweep:
+            configs += [(bd, w) for bd in (4, 8, 16, 32, 64) for w in (1, 2, 4) if bd * 16 >= 32 * w]
+        for cfg in configs:
+            ts.BLOCK_OVERRIDE = cfg
+            try:
+                t_t = do_bench(lambda xs=xt: step(ts.selective_scan_triton, xs), warmup=25, rep=200, return_mode="median")
+            except Exception as e:  # noqa: BLE001 - a config that does not compile is a row, not a crash
+                print(f"{name} {mode} cfg {cfg}: {type(e).__name__}: {str(e)[:200]}")
+                continue
+            finally:
+                ts.BLOCK_OVERRIDE = None
+            cfg_used = cfg or ts._block_config(b, d, torch.device("cuda"))
+            row = {"shape": name, "mode": mode, "batch": b, "d_inner": d, "d_state": n, "seqlen": length,
+                   "dtype": "bf16", "block_d": cfg_used[0], "num_warps": cfg_used[1], "default_config": cfg is None,
+                   "chunk": ts.CHUNK, "ms_mamba_ssm": t_m, "ms_triton": t_t, "speedup": t_m / t_t,
+                   "floor_exp_ms": floor, "floor_mem_ms": mem, "triton_over_floor": t_t / max(floor, mem),
+                   "rel_err_vs_mamba_ssm": err, "copy_tb_s": bw / 1e12, "seed": 0}
+            rows.append(row)
+            print(f"{name:26s} {mode:8s} BD {cfg_used[0]:3d} w {cfg_used[1]} | mamba-ssm {t_m:8.3f} ms | triton "
+                  f"{t_t:8.3f} ms | x{t_m / t_t:5.2f} | floor exp {floor:.3f} mem {mem:.3f} ms | "
+                  f"{t_t / max(floor, mem):5.1f}x floor | err {max(err.values()):.1e}", flush=True)
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--sweep", action="store_true", help="time every (BD, warps) config too")
+    ap.add_argument("--out", default=None, help="append rows to OUT/scan_bench.jsonl")
+    args = ap.parse_args()
+    if mamba_scan is None:
+        raise SystemExit("mamba-ssm's kernel is needed as the baseline: pip install --no-build-isolation mamba-ssm")
+    bw = copy_bandwidth()
+    env = environment("cuda")
+    print(f"{env['gpu']}, torch {env['torch']}, copy {bw / 1e12:.2f} TB/s")
+    for name in args.shapes.split(","):
+        b, d, n, length, backward = SHAPES[name]
+        for row in bench_shape(name, b, d, n, length, backward, bw, args.sweep):
+            if args.out:
+                append_row("scan_bench", {**row, "kernels": "triton vs mamba-ssm selective_scan_fn", **env}, args.out)
+
+
+if __name__ == "__main__":
+    main()
