@@ -97,26 +97,30 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep):
         floor = (2 if grad else 1) * ex_floor_ms  # backward recomputes the exps once more
         mem = mem_floor_ms * (3 if grad else 1)
         t_m = do_bench(lambda xs=xm: step(mamba_scan, xs), warmup=25, rep=200, return_mode="median")
-        configs = [None]
-        if sweep:
-            configs += [(bd, w) for bd in (4, 8, 16, 32, 64) for w in (1, 2, 4) if bd * 16 >= 32 * w]
-        for cfg in configs:
-            ts.BLOCK_OVERRIDE = cfg
+        configs = [(None, None)]
+        if sweep and grad:
+            configs += [((bd, w), None) for bd in (8, 16, 32, 64) for w in (1, 2) if bd * 16 >= 32 * w]
+        elif sweep:
+            configs += [((bd, 1), p) for bd in (8, 16, 32, 64) for p in (1, 4, 8, 16, 32, 64)]
+        for cfg, parts in configs:
+            ts.BLOCK_OVERRIDE, ts.PARTS_OVERRIDE = cfg, parts
             try:
                 t_t = do_bench(lambda xs=xt: step(ts.selective_scan_triton, xs), warmup=25, rep=200, return_mode="median")
             except Exception as e:  # noqa: BLE001 - a config that does not compile is a row, not a crash
                 print(f"{name} {mode} cfg {cfg}: {type(e).__name__}: {str(e)[:200]}")
                 continue
             finally:
-                ts.BLOCK_OVERRIDE = None
+                ts.BLOCK_OVERRIDE = ts.PARTS_OVERRIDE = None
             cfg_used = cfg or ts._block_config(b, d, torch.device("cuda"))
+            n_ck = ts._chunking(length)[0]
+            parts_used = parts or ts._parts(b, d, cfg_used[0], n_ck, torch.device("cuda"))
             row = {"shape": name, "mode": mode, "batch": b, "d_inner": d, "d_state": n, "seqlen": length,
-                   "dtype": "bf16", "block_d": cfg_used[0], "num_warps": cfg_used[1], "default_config": cfg is None,
+                   "dtype": "bf16", "block_d": cfg_used[0], "num_warps": cfg_used[1], "parts": parts_used, "default_config": cfg is None and parts is None,
                    "chunk": ts.CHUNK, "ms_mamba_ssm": t_m, "ms_triton": t_t, "speedup": t_m / t_t,
                    "floor_exp_ms": floor, "floor_mem_ms": mem, "triton_over_floor": t_t / max(floor, mem),
                    "rel_err_vs_mamba_ssm": err, "copy_tb_s": bw / 1e12, "seed": 0}
             rows.append(row)
-            print(f"{name:26s} {mode:8s} BD {cfg_used[0]:3d} w {cfg_used[1]} | mamba-ssm {t_m:8.3f} ms | triton "
+            print(f"{name:26s} {mode:8s} BD {cfg_used[0]:3d} w {cfg_used[1]} p {parts_used:2d} | mamba-ssm {t_m:8.3f} ms | triton "
                   f"{t_t:8.3f} ms | x{t_m / t_t:5.2f} | floor exp {floor:.3f} mem {mem:.3f} ms | "
                   f"{t_t / max(floor, mem):5.1f}x floor | err {max(err.values()):.1e}", flush=True)
     return rows

@@ -1,7 +1,14 @@
 """Fixtures shared by the test files."""
 
+import os
+
 import pytest
 import torch
+
+# Without a GPU, Triton kernels run through Triton's interpreter on CPU tensors. The switch is read when a
+# kernel is defined, so it must be set before dimstudy.ops.triton_scan / triton_conv are first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ moved to CUDA picks the kernels) and recorded in `last_backend`:
 
     "cuda-fused"    mamba-ssm's `mamba_inner_fn` (conv, projections and scan in one autograd function)
     "cuda-unfused"  mamba-ssm's `selective_scan_fn`, causal-conv1d's conv when installed
+    "triton"        dimstudy's Triton conv and scan, on the (B, L, d) layout the projections give (no copies)
     "torch-chunked" / "ref"   the PyTorch scans of dimstudy.ops.selective_scan
 """
 
@@ -139,6 +140,9 @@ class Mamba(nn.Module):
     def _forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         length = hidden_states.shape[1]
         backend = resolve_scan_backend(self.scan_backend, hidden_states.device)
+        if backend == "triton":
+            self.last_backend = "triton"
+            return self._forward_triton(hidden_states)
         xz = _channels_first(self.in_proj.weight, hidden_states)  # (B, 2 * d_inner, L)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
@@ -168,6 +172,25 @@ class Mamba(nn.Module):
         out = F.linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)  # (B, L, d_model)
         self.last_backend = "cuda-unfused" if backend == "cuda" else describe_scan_backend(backend)
         return out
+
+
+    def _forward_triton(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Channels-last throughout: every projection is a plain Linear on (B, L, .), and the conv and the scan
+        read their (B, L, d_inner) inputs through strides, so nothing is transposed or copied."""
+        from dimstudy.ops.triton_conv import causal_conv1d_silu_triton
+        from dimstudy.ops.triton_scan import selective_scan_triton
+
+        xz = F.linear(hidden_states, self.in_proj.weight, self.in_proj.bias)  # (B, L, 2 * d_inner)
+        x, z = xz.chunk(2, dim=-1)  # (B, L, d_inner) views, row stride 2 * d_inner
+        x = causal_conv1d_silu_triton(x, self.conv1d.weight[:, 0], self.conv1d.bias)  # (B, L, d_inner)
+        dt_in, B, C = F.linear(x, self.x_proj.weight).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt_in, self.dt_proj.weight)  # (B, L, d_inner); its bias goes in as delta_bias
+        y = selective_scan_triton(
+            x.transpose(1, 2), dt.transpose(1, 2), -torch.exp(self.A_log.float()), B.transpose(1, 2),
+            C.transpose(1, 2), D=self.D.float(), z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
+        )  # (B, d_inner, L), stored as (B, L, d_inner)
+        return F.linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)  # (B, L, d_model)
 
 
 def mamba_modules(model: nn.Module) -> list[Mamba]:

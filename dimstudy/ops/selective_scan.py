@@ -7,6 +7,8 @@
     y_t = <C_t, h_t> + D * u_t,   then y *= silu(z) when z is given
 
 Backends, same function:
+- "triton" dimstudy's own kernels (`dimstudy.ops.triton_scan`): forward and backward in Triton, which ships
+          with torch on Linux; CUDA tensors (CPU tensors only under TRITON_INTERPRET=1, for tests)
 - "cuda"  mamba-ssm's fused kernel `selective_scan_fn` (optional `cuda` extra, CUDA tensors)
 - "torch" `selective_scan_torch`: a chunked scan in plain PyTorch, any device, differentiable
 - "ref"   `selective_scan_ref`: one token at a time, the reference the other two are tested against
@@ -17,7 +19,9 @@ last state, like mamba-ssm's, stays in that compute dtype.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +41,7 @@ try:  # its conv kernel: mamba_inner_fn needs it, the unfused path uses it when 
 except Exception:  # noqa: BLE001
     causal_conv1d_fn = None
 
-SCAN_BACKENDS = ("cuda", "torch", "ref")
+SCAN_BACKENDS = ("triton", "cuda", "torch", "ref")
 _INSTALL_HINT = "Install it with: pip install --no-build-isolation mamba-ssm causal-conv1d"
 
 
@@ -242,6 +246,31 @@ def _cuda_missing() -> str:
     return ""
 
 
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_import_error() -> str:
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        return f"triton could not be imported ({type(e).__name__}: {e}); it ships with torch's Linux wheels"
+    return ""
+
+
+def _triton_missing(device: torch.device | None = None) -> str:
+    """Why the 'triton' backend cannot run here (or on `device`), or '' if it can."""
+    if _triton_import_error():
+        return _triton_import_error()
+    on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if not on_cuda and not _interpreting():
+        where = f"device {device}" if device is not None else "this machine (no CUDA device is visible)"
+        return (f"its kernels need CUDA tensors, and {where} has none; "
+                "set TRITON_INTERPRET=1 before the import to run them (slowly) through Triton's interpreter")
+    return ""
+
+
 def fused_mamba_available() -> bool:
     """mamba-ssm's fused Mamba kernel (`mamba_inner_fn`) needs causal-conv1d as well as mamba-ssm."""
     return (mamba_inner_fn is not None and causal_conv1d_fn is not None
@@ -250,8 +279,7 @@ def fused_mamba_available() -> bool:
 
 def available_scan_backends() -> dict[str, bool | str]:
     """{name: True, or the reason it is unavailable}."""
-    reason = _cuda_missing()
-    return {"cuda": reason or True, "torch": True, "ref": True}
+    return {"triton": _triton_missing() or True, "cuda": _cuda_missing() or True, "torch": True, "ref": True}
 
 
 def check_scan_backend(name: str) -> str:
@@ -262,39 +290,54 @@ def check_scan_backend(name: str) -> str:
 
 
 def resolve_scan_backend(name: str = "auto", device: torch.device | str | None = None) -> str:
-    """A concrete backend name. 'auto' is 'cuda' for CUDA tensors when the kernels import, else 'torch'.
+    """A concrete backend name. 'auto' is 'triton' for CUDA tensors when Triton imports, else 'cuda' when
+    mamba-ssm's kernels do, else 'torch' (CPU tensors always get 'torch').
 
-    Raises ValueError for an unknown name and BackendUnavailableError when 'cuda' cannot run (kernels
-    missing, or `device` given and not a CUDA device).
+    Raises ValueError for an unknown name and BackendUnavailableError when 'triton' or 'cuda' cannot run
+    (kernels missing, or `device` given and not a CUDA device).
     """
     check_scan_backend(name)
-    on_cuda = device is None or torch.device(device).type == "cuda"
+    dev = torch.device(device) if device is not None else None
+    on_cuda = dev is None or dev.type == "cuda"
     if name == "auto":
-        return "cuda" if selective_scan_fn is not None and device is not None and on_cuda else "torch"
+        if dev is None or dev.type != "cuda":
+            return "torch"
+        if not _triton_import_error():
+            return "triton"
+        return "cuda" if selective_scan_fn is not None else "torch"
+    if name == "triton":
+        reason = _triton_missing(dev)
+        if reason:
+            raise BackendUnavailableError(f"scan backend 'triton' is unavailable: {reason}")
     if name == "cuda":
         reason = _cuda_missing()
         if reason:
             raise BackendUnavailableError(f"scan backend 'cuda' is unavailable: {reason}")
         if not on_cuda:
             raise BackendUnavailableError(
-                f"scan backend 'cuda' needs CUDA tensors, got device {torch.device(device)}; "
+                f"scan backend 'cuda' needs CUDA tensors, got device {dev}; "
                 "move the model and inputs to a GPU or use scan backend 'torch'"
             )
     return name
 
 
 def describe_scan_backend(name: str) -> str:
-    """A label for result rows: 'cuda-fused' / 'cuda-unfused' (what a Mamba mixer runs), 'torch-chunked', 'ref'."""
+    """A label for result rows: 'triton', 'cuda-fused' / 'cuda-unfused' (what a Mamba mixer runs),
+    'torch-chunked', 'ref'."""
     if name not in SCAN_BACKENDS:
         raise ValueError(f"describe a concrete backend ({', '.join(SCAN_BACKENDS)}), not {name!r}; "
                          "resolve_scan_backend(name, device) gives one")
-    return {"cuda": "cuda-fused" if fused_mamba_available() else "cuda-unfused",
+    return {"triton": "triton", "cuda": "cuda-fused" if fused_mamba_available() else "cuda-unfused",
             "torch": "torch-chunked", "ref": "ref"}[name]
 
 
 def get_selective_scan(name: str = "auto", device: torch.device | str | None = None):
     """The scan function `name` resolves to for `device` (see resolve_scan_backend)."""
     name = resolve_scan_backend(name, device)
+    if name == "triton":  # imported on first use: Triton's import costs about a second
+        from dimstudy.ops.triton_scan import selective_scan_triton
+
+        return selective_scan_triton
     return {"cuda": selective_scan_fn, "torch": selective_scan_torch, "ref": selective_scan_ref}[name]
 
 

@@ -37,6 +37,16 @@ LOG2E = math.log2(math.e)
 
 # -- pieces shared by the two kernels -------------------------------------------------------------------------
 @triton.jit
+def _exp2(x, FAST: tl.constexpr):
+    """2^x; FAST: one ex2.approx.ftz (a single special-function op; tl.exp2 adds denormal handling)."""
+    if FAST:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
 def _softplus(x):
     """log(1 + exp(x)), and x itself above 20 (torch's threshold); log1p by the (1 + e) - 1 correction."""
     e = tl.exp(-tl.abs(x))
@@ -73,26 +83,37 @@ def _load_step(t, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
 
 
 # -- forward ------------------------------------------------------------------------------------------------
+# Grid (channel blocks, batch, sequence parts). With one part, each program walks the whole sequence. With
+# several (small batch * d), a first launch (STATE_ONLY) walks each part from a zero state and keeps only its
+# end state and its sum of dt; the second starts each part from its true entering state, the parts before it
+# folded in with one decay exp(A * sum dt) each, and writes y. That costs the exps twice but gives the
+# grid enough programs to hide each step's memory latency, which is what bounds a walk at batch 1.
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-    y_ptr, last_ptr, ck_ptr,
-    L, DIM, NST, N_CK, CK,
+    y_ptr, last_ptr, ck_ptr, end_ptr, dtsum_ptr,
+    L, DIM, NST, N_CK, CK, CPP, N_PART,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl,
     s_zb, s_zd, s_zl, s_yb, s_yd, s_yl,
     BD: tl.constexpr, NP: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    STATE_ONLY: tl.constexpr, FAST_EXP: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
+    pid_p = tl.program_id(2)  # sequence part: saved-state chunks [pid_p * CPP, (pid_p + 1) * CPP)
     offs_d = pid_d * BD + tl.arange(0, BD)  # (BD,)
     offs_n = tl.arange(0, NP)  # (NP,)
     mask_d = offs_d < DIM
-    mask_n = offs_n < NST
+    if EVEN_N:  # n is a power of two: no mask along n, so loads of A and the states vectorize
+        mask_n = tl.full([NP], 1, tl.int1)
+    else:
+        mask_n = offs_n < NST
     mask_dn = mask_d[:, None] & mask_n[None, :]
+    dn_offs = offs_d[:, None] * NST + offs_n[None, :]
 
     # exp(dt A) = exp2(dt * A log2 e): one multiply and one ex2 per element
-    A2 = tl.load(A_ptr + offs_d[:, None] * NST + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -104,28 +125,45 @@ def _scan_fwd_kernel(
     b_B, b_C, b_y = B_ptr + pid_b * s_Bb, C_ptr + pid_b * s_Cb, y_ptr + pid_b * s_yb
     o_u, o_dl, o_z, o_y = offs_d * s_ud, offs_d * s_dd, offs_d * s_zd, offs_d * s_yd
     o_B, o_C = offs_n * s_Bn, offs_n * s_Cn
-    ck_base = ck_ptr + pid_b * N_CK * DIM * NST + offs_d[:, None] * NST + offs_n[None, :]
+    ck_base = ck_ptr + pid_b * N_CK * DIM * NST + dn_offs
+    part_dn = end_ptr + pid_b * N_PART * DIM * NST + dn_offs  # (b, parts, d, n)
+    part_d = dtsum_ptr + pid_b * N_PART * DIM + offs_d  # (b, parts, d)
 
     h = tl.zeros([BD, NP], dtype=tl.float32)
-    nxt = _load_step(0, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
-                     o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z)
-    for c in range(N_CK):
-        tl.store(ck_base + c * DIM * NST, h, mask=mask_dn)  # the state entering chunk c
+    if not STATE_ONLY:
+        for p in range(pid_p):  # the parts before this one: h <- exp(A sum dt_p) h + end_p
+            h = _exp2(tl.load(part_d + p * DIM, mask=mask_d, other=0.0)[:, None] * A2, FAST_EXP) * h \
+                + tl.load(part_dn + p * DIM * NST, mask=mask_dn, other=0.0)
+    dt_total = tl.zeros([BD], dtype=tl.float32)
+    c_lo = pid_p * CPP
+    c_hi = tl.minimum(c_lo + CPP, N_CK)
+    nxt = _load_step(c_lo * CK, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
+                     o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z and not STATE_ONLY)
+    for c in range(c_lo, c_hi):
+        if not STATE_ONLY:
+            tl.store(ck_base + c * DIM * NST, h, mask=mask_dn)  # the state entering chunk c
         for i in range(CK):
             t = c * CK + i
             u, dl, Bt, Ct, z = nxt
             nxt = _load_step(t + 1, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
-                             o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z)
+                             o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z and not STATE_ONLY)
             dt = _step_dt(dl, bias, t < L, SOFTPLUS)
-            a = tl.exp2(dt[:, None] * A2)
+            a = _exp2(dt[:, None] * A2, FAST_EXP)
             h = a * h + (dt * u)[:, None] * Bt[None, :]
-            y = tl.sum(h * Ct[None, :], axis=1)  # (BD,)
-            if HAS_D:
-                y += Dv * u
-            if HAS_Z:
-                y = y * (z * tl.sigmoid(z))
-            tl.store(b_y + t * s_yl + o_y, y.to(y_ptr.dtype.element_ty), mask=mask_d & (t < L))
-    tl.store(last_ptr + pid_b * DIM * NST + offs_d[:, None] * NST + offs_n[None, :], h, mask=mask_dn)
+            if STATE_ONLY:
+                dt_total += dt
+            else:
+                y = tl.sum(h * Ct[None, :], axis=1)  # (BD,)
+                if HAS_D:
+                    y += Dv * u
+                if HAS_Z:
+                    y = y * (z * tl.sigmoid(z))
+                tl.store(b_y + t * s_yl + o_y, y.to(y_ptr.dtype.element_ty), mask=mask_d & (t < L))
+    if STATE_ONLY:
+        tl.store(part_dn + pid_p * DIM * NST, h, mask=mask_dn)
+        tl.store(part_d + pid_p * DIM, dt_total, mask=mask_d)
+    elif pid_p == N_PART - 1:
+        tl.store(last_ptr + pid_b * DIM * NST + dn_offs, h, mask=mask_dn)
 
 
 # -- backward -----------------------------------------------------------------------------------------------
@@ -139,14 +177,17 @@ def _scan_bwd_kernel(
     s_dub, s_dud, s_dul, s_ddb, s_ddd, s_ddl, s_dzb, s_dzd, s_dzl,
     BD: tl.constexpr, NP: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_GLAST: tl.constexpr,
+    HAS_GLAST: tl.constexpr, FAST_EXP: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_n = tl.arange(0, NP)
     mask_d = offs_d < DIM
-    mask_n = offs_n < NST
+    if EVEN_N:  # n is a power of two: no mask along n, so loads of A and the states vectorize
+        mask_n = tl.full([NP], 1, tl.int1)
+    else:
+        mask_n = offs_n < NST
     mask_dn = mask_d[:, None] & mask_n[None, :]
     dn_offs = offs_d[:, None] * NST + offs_n[None, :]
 
@@ -192,7 +233,7 @@ def _scan_bwd_kernel(
             dl = tl.load(b_dl + t * s_dl + o_dl, mask=mask_d & ok, other=0.0).to(tl.float32)
             Bt = tl.load(b_B + t * s_Bl + o_B, mask=mask_n & ok, other=0.0).to(tl.float32)
             dt = _step_dt(dl, bias, ok, SOFTPLUS)
-            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+            h = _exp2(dt[:, None] * A2, FAST_EXP) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(scr + (i + 1) * BD * NP, h)
         # 2. the adjoint, backwards over the chunk
         for ii in range(CK):
@@ -207,7 +248,7 @@ def _scan_bwd_kernel(
             h_prev = tl.load(scr + i * BD * NP)
             x = dl + bias
             dt = _step_dt(dl, bias, ok, SOFTPLUS)
-            a = tl.exp2(dt[:, None] * A2)
+            a = _exp2(dt[:, None] * A2, FAST_EXP)
             if HAS_Z:  # y = y_pre * silu(z)
                 y_pre = tl.sum(h_t * Ct[None, :], axis=1)
                 if HAS_D:
@@ -269,6 +310,14 @@ def _block_config(batch: int, dim: int, device: torch.device) -> tuple[int, int]
     return bd, 1
 
 
+def _fast_exp(x: torch.Tensor) -> bool:
+    """Inline PTX for exp2 on CUDA; the interpreter (CPU tensors) runs tl.exp2."""
+    return x.device.type == "cuda" and FAST_EXP
+
+
+FAST_EXP = True
+
+
 def _strides(*tensors):
     return [s for x in tensors for s in x.stride()]
 
@@ -289,27 +338,49 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
             raise ValueError(f"{name} must be (d,) = ({d},); got {tuple(v.shape)}")
 
 
-def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """Launch the forward: y (u's dtype and layout), last state (b, d, n) float32, saved states (b, chunks, d, n)."""
+def _parts(batch: int, dim: int, bd: int, n_ck: int, device: torch.device) -> int:
+    """How many sequence parts the forward walks in parallel: enough that batch x channel blocks x parts fills
+    the GPU about PARTS_TARGET programs per multiprocessor (1 on CPU, and when the batch alone does it)."""
+    if PARTS_OVERRIDE is not None:
+        return max(1, min(PARTS_OVERRIDE, n_ck))
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(n_ck, triton.cdiv(PARTS_TARGET * sms, batch * triton.cdiv(dim, bd))))
+
+
+PARTS_TARGET = 16
+PARTS_OVERRIDE: int | None = None
+
+
+def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *, parts=None):
+    """Launch the forward: y (u's dtype and layout), last state (b, d, n) float32, saved states (b, chunks, d, n).
+
+    `parts` (default: from the grid size) splits the sequence into that many parts walked in parallel.
+    """
     _check(u, delta, A, B, C, D, z, delta_bias)
     b, d, length = u.shape
     n = A.shape[1]
     n_ck, ck = _chunking(length)
-    y = torch.empty_like(u)
-    last = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
-    saved = torch.empty(b, n_ck, d, n, device=u.device, dtype=torch.float32)
     bd, warps = _block_config(b, d, u.device)
+    n_part = parts or _parts(b, d, bd, n_ck, u.device)
+    cpp = triton.cdiv(n_ck, n_part)  # saved-state chunks per part
+    n_part = triton.cdiv(n_ck, cpp)
+    f32 = {"device": u.device, "dtype": torch.float32}
+    y = torch.empty_like(u)
+    last = torch.empty(b, d, n, **f32)
+    saved = torch.empty(b, n_ck, d, n, **f32)
+    ends, dtsums = torch.empty(b, n_part, d, n, **f32), torch.empty(b, n_part, d, **f32)
     A = A.contiguous()
     zz = u if z is None else z
-    _scan_fwd_kernel[(triton.cdiv(d, bd), b)](
-        u, delta, A, B, C, u if D is None else D, zz, u if delta_bias is None else delta_bias,
-        y, last, saved,
-        length, d, n, n_ck, ck,
-        *_strides(u, delta, B, C, zz, y),
-        BD=bd, NP=max(2, triton.next_power_of_2(n)),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        num_warps=warps,
-    )
+    np_ = max(2, triton.next_power_of_2(n))
+    common = dict(BD=bd, NP=np_, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                  SOFTPLUS=delta_softplus, FAST_EXP=_fast_exp(u), EVEN_N=np_ == n, num_warps=warps)
+    args = (u, delta, A, B, C, u if D is None else D, zz, u if delta_bias is None else delta_bias,
+            y, last, saved, ends, dtsums, length, d, n, n_ck, ck, cpp, n_part, *_strides(u, delta, B, C, zz, y))
+    if n_part > 1:
+        _scan_fwd_kernel[(triton.cdiv(d, bd), b, n_part - 1)](*args, STATE_ONLY=True, **common)
+    _scan_fwd_kernel[(triton.cdiv(d, bd), b, n_part)](*args, STATE_ONLY=False, **common)
     return y, last, saved
 
 
@@ -336,7 +407,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, gr
         *_strides(u, delta, B, C, zz, grad_y, du, ddelta, dz),
         BD=bd, NP=np_,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        HAS_GLAST=grad_last is not None, num_warps=warps,
+        HAS_GLAST=grad_last is not None, FAST_EXP=_fast_exp(u), EVEN_N=np_ == n, num_warps=warps,
     )
     dB = dB_part.sum(0).transpose(1, 2).to(B.dtype)  # (b, n, l)
     dC = dC_part.sum(0).transpose(1, 2).to(C.dtype)
