@@ -10,6 +10,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+from test_selective_scan import NAMES, make_inputs, rel_err  # noqa: E402
+
 import dimstudy.ops.triton_scan as ts  # noqa: E402
 from dimstudy.ops.mamba import Mamba  # noqa: E402
 from dimstudy.ops.selective_scan import (  # noqa: E402
@@ -19,8 +21,6 @@ from dimstudy.ops.selective_scan import (  # noqa: E402
     selective_scan_ref,
 )
 from dimstudy.ops.triton_conv import causal_conv1d_silu_torch, causal_conv1d_silu_triton  # noqa: E402
-
-from test_selective_scan import NAMES, make_inputs, rel_err  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() and available_scan_backends()["triton"] is not True,
