@@ -99,9 +99,9 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep):
         t_m = do_bench(lambda xs=xm: step(mamba_scan, xs), warmup=25, rep=200, return_mode="median")
         configs = [(None, None)]
         if sweep and grad:
-            configs += [((bd, w), None) for bd in (8, 16, 32, 64) for w in (1, 2) if bd * 16 >= 32 * w]
+            configs += [((bd, w), None) for bd in (32, 64, 128) for w in (1, 2)]
         elif sweep:
-            configs += [((bd, 1), p) for bd in (8, 16, 32, 64) for p in (1, 4, 8, 16, 32, 64)]
+            configs += [((bd, w), p) for bd in (32, 64, 128) for w in (1, 2) for p in (1, 8, 16, 32, 64)]
         for cfg, parts in configs:
             ts.BLOCK_OVERRIDE, ts.PARTS_OVERRIDE = cfg, parts
             try:

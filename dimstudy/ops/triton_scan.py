@@ -109,8 +109,8 @@ def _scan_fwd_kernel(
         mask_n = tl.full([NP], 1, tl.int1)
     else:
         mask_n = offs_n < NST
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    dn_offs = offs_d[:, None] * NST + offs_n[None, :]
+    mask_dn = mask_n[:, None] & mask_d[None, :]
+    dn_offs = offs_n[:, None] * DIM + offs_d[None, :]  # (NP, BD) tiles of (n, d) memory
 
     # exp(dt A) = exp2(dt * A log2 e): one multiply and one ex2 per element
     A2 = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
@@ -126,13 +126,13 @@ def _scan_fwd_kernel(
     o_u, o_dl, o_z, o_y = offs_d * s_ud, offs_d * s_dd, offs_d * s_zd, offs_d * s_yd
     o_B, o_C = offs_n * s_Bn, offs_n * s_Cn
     ck_base = ck_ptr + pid_b * N_CK * DIM * NST + dn_offs
-    part_dn = end_ptr + pid_b * N_PART * DIM * NST + dn_offs  # (b, parts, d, n)
+    part_dn = end_ptr + pid_b * N_PART * DIM * NST + dn_offs  # (b, parts, n, d)
     part_d = dtsum_ptr + pid_b * N_PART * DIM + offs_d  # (b, parts, d)
 
-    h = tl.zeros([BD, NP], dtype=tl.float32)
+    h = tl.zeros([NP, BD], dtype=tl.float32)
     if not STATE_ONLY:
         for p in range(pid_p):  # the parts before this one: h <- exp(A sum dt_p) h + end_p
-            h = _exp2(tl.load(part_d + p * DIM, mask=mask_d, other=0.0)[:, None] * A2, FAST_EXP) * h \
+            h = _exp2(tl.load(part_d + p * DIM, mask=mask_d, other=0.0)[None, :] * A2, FAST_EXP) * h \
                 + tl.load(part_dn + p * DIM * NST, mask=mask_dn, other=0.0)
     dt_total = tl.zeros([BD], dtype=tl.float32)
     c_lo = pid_p * CPP
@@ -148,12 +148,12 @@ def _scan_fwd_kernel(
             nxt = _load_step(t + 1, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
                              o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z and not STATE_ONLY)
             dt = _step_dt(dl, bias, t < L, SOFTPLUS)
-            a = _exp2(dt[:, None] * A2, FAST_EXP)
-            h = a * h + (dt * u)[:, None] * Bt[None, :]
+            a = _exp2(dt[None, :] * A2, FAST_EXP)
+            h = a * h + (dt * u)[None, :] * Bt[:, None]
             if STATE_ONLY:
                 dt_total += dt
             else:
-                y = tl.sum(h * Ct[None, :], axis=1)  # (BD,)
+                y = tl.sum(h * Ct[:, None], axis=0)  # (BD,): n is within a thread
                 if HAS_D:
                     y += Dv * u
                 if HAS_Z:
@@ -188,8 +188,8 @@ def _scan_bwd_kernel(
         mask_n = tl.full([NP], 1, tl.int1)
     else:
         mask_n = offs_n < NST
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    dn_offs = offs_d[:, None] * NST + offs_n[None, :]
+    mask_dn = mask_n[:, None] & mask_d[None, :]
+    dn_offs = offs_n[:, None] * DIM + offs_d[None, :]  # (NP, BD) tiles of (n, d) memory
 
     A = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
@@ -211,15 +211,15 @@ def _scan_bwd_kernel(
     ck_base = ck_ptr + pid_b * N_CK * DIM * NST + dn_offs
     # this program's scratch: slot 0 the state entering the chunk, slot i + 1 the state after its step i
     scr = scr_ptr + (pid_b * tl.num_programs(0) + pid_d) * (CK + 1) * BD * NP \
-        + tl.arange(0, BD)[:, None] * NP + offs_n[None, :]
+        + offs_n[:, None] * BD + tl.arange(0, BD)[None, :]
 
-    dA_acc = tl.zeros([BD, NP], dtype=tl.float32)
+    dA_acc = tl.zeros([NP, BD], dtype=tl.float32)
     dD_acc = tl.zeros([BD], dtype=tl.float32)
     dbias_acc = tl.zeros([BD], dtype=tl.float32)
     if HAS_GLAST:  # a_{t+1} lambda_{t+1} entering the last step: the last state's own gradient
         carry = tl.load(glast_ptr + pid_b * DIM * NST + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)
     else:
-        carry = tl.zeros([BD, NP], dtype=tl.float32)
+        carry = tl.zeros([NP, BD], dtype=tl.float32)
 
     for cc in range(N_CK):
         c = N_CK - 1 - cc
@@ -233,7 +233,7 @@ def _scan_bwd_kernel(
             dl = tl.load(b_dl + t * s_dl + o_dl, mask=mask_d & ok, other=0.0).to(tl.float32)
             Bt = tl.load(b_B + t * s_Bl + o_B, mask=mask_n & ok, other=0.0).to(tl.float32)
             dt = _step_dt(dl, bias, ok, SOFTPLUS)
-            h = _exp2(dt[:, None] * A2, FAST_EXP) * h + (dt * u)[:, None] * Bt[None, :]
+            h = _exp2(dt[None, :] * A2, FAST_EXP) * h + (dt * u)[None, :] * Bt[:, None]
             tl.store(scr + (i + 1) * BD * NP, h)
         # 2. the adjoint, backwards over the chunk
         for ii in range(CK):
@@ -248,21 +248,21 @@ def _scan_bwd_kernel(
             h_prev = tl.load(scr + i * BD * NP)
             x = dl + bias
             dt = _step_dt(dl, bias, ok, SOFTPLUS)
-            a = _exp2(dt[:, None] * A2, FAST_EXP)
+            a = _exp2(dt[None, :] * A2, FAST_EXP)
             if HAS_Z:  # y = y_pre * silu(z)
-                y_pre = tl.sum(h_t * Ct[None, :], axis=1)
+                y_pre = tl.sum(h_t * Ct[:, None], axis=0)
                 if HAS_D:
                     y_pre += Dv * u
                 sz = tl.sigmoid(z)
                 tl.store(b_dz + t * s_dzl + o_dz, (g * y_pre * sz * (1.0 + z * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
                          mask=mt)
                 g = g * (z * sz)
-            lam = g[:, None] * Ct[None, :] + carry  # dLoss/dh_t, (BD, NP)
+            lam = g[None, :] * Ct[:, None] + carry  # dLoss/dh_t, (BD, NP)
             dtu = dt * u
-            g_dtu = tl.sum(lam * Bt[None, :], axis=1)  # dLoss/d(dt u) per channel
+            g_dtu = tl.sum(lam * Bt[:, None], axis=0)  # dLoss/d(dt u) per channel
             q = lam * a * h_prev  # dLoss/d(dt A)
-            dA_acc += q * dt[:, None]
-            g_dt = tl.sum(q * A, axis=1) + g_dtu * u
+            dA_acc += q * dt[None, :]
+            g_dt = tl.sum(q * A, axis=0) + g_dtu * u
             g_u = g_dtu * dt
             if HAS_D:
                 g_u += Dv * g
@@ -273,8 +273,8 @@ def _scan_bwd_kernel(
             dbias_acc += g_dt
             tl.store(b_du + t * s_dul + o_du, g_u.to(du_ptr.dtype.element_ty), mask=mt)
             tl.store(b_ddl + t * s_ddl + o_ddl, g_dt.to(ddl_ptr.dtype.element_ty), mask=mt)
-            dB_t = tl.sum(lam * dtu[:, None], axis=0)  # (NP,), this block's channels only
-            dC_t = tl.sum(h_t * g[:, None], axis=0)
+            dB_t = tl.sum(lam * dtu[None, :], axis=1)  # (NP,), this block's channels only
+            dC_t = tl.sum(h_t * g[None, :], axis=1)
             tl.store(dB_ptr + b_dBC + t * NST + offs_n, dB_t, mask=mask_n & ok)
             tl.store(dC_ptr + b_dBC + t * NST + offs_n, dC_t, mask=mask_n & ok)
             carry = a * lam
@@ -354,7 +354,7 @@ PARTS_OVERRIDE: int | None = None
 
 
 def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *, parts=None):
-    """Launch the forward: y (u's dtype and layout), last state (b, d, n) float32, saved states (b, chunks, d, n).
+    """Launch the forward: y (u's dtype and layout), last state (b, n, d) float32, saved states (b, chunks, n, d).
 
     `parts` (default: from the grid size) splits the sequence into that many parts walked in parallel.
     """
@@ -368,10 +368,10 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     n_part = triton.cdiv(n_ck, cpp)
     f32 = {"device": u.device, "dtype": torch.float32}
     y = torch.empty_like(u)
-    last = torch.empty(b, d, n, **f32)
-    saved = torch.empty(b, n_ck, d, n, **f32)
-    ends, dtsums = torch.empty(b, n_part, d, n, **f32), torch.empty(b, n_part, d, **f32)
-    A = A.contiguous()
+    last = torch.empty(b, n, d, **f32)  # states are kept (n, d): d is the contiguous axis of every tile
+    saved = torch.empty(b, n_ck, n, d, **f32)
+    ends, dtsums = torch.empty(b, n_part, n, d, **f32), torch.empty(b, n_part, d, **f32)
+    A = A.t().contiguous()  # (n, d)
     zz = u if z is None else z
     np_ = max(2, triton.next_power_of_2(n))
     common = dict(BD=bd, NP=np_, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
@@ -396,12 +396,12 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, gr
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else du
     dB_part, dC_part = torch.empty(nb, b, length, n, **f32), torch.empty(nb, b, length, n, **f32)
-    dA_part, dD_part, dbias_part = torch.empty(b, d, n, **f32), torch.empty(b, d, **f32), torch.empty(b, d, **f32)
+    dA_part, dD_part, dbias_part = torch.empty(b, n, d, **f32), torch.empty(b, d, **f32), torch.empty(b, d, **f32)
     scratch = torch.empty(b * nb * (ck + 1) * bd * np_, **f32)
     zz = u if z is None else z
     _scan_bwd_kernel[(nb, b)](
-        u, delta, A.contiguous(), B, C, u if D is None else D, zz, u if delta_bias is None else delta_bias,
-        saved, grad_y, saved if grad_last is None else grad_last.contiguous(),
+        u, delta, A.t().contiguous(), B, C, u if D is None else D, zz, u if delta_bias is None else delta_bias,
+        saved, grad_y, saved if grad_last is None else grad_last.contiguous(),  # grad_last: (b, n, d)
         du, ddelta, dz, dB_part, dC_part, dA_part, dD_part, dbias_part, scratch,
         length, d, n, n_ck, ck, b,
         *_strides(u, delta, B, C, zz, grad_y, du, ddelta, dz),
@@ -411,7 +411,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, gr
     )
     dB = dB_part.sum(0).transpose(1, 2).to(B.dtype)  # (b, n, l)
     dC = dC_part.sum(0).transpose(1, 2).to(C.dtype)
-    return (du, ddelta, dA_part.sum(0).to(A.dtype), dB, dC,
+    return (du, ddelta, dA_part.sum(0).t().contiguous().to(A.dtype), dB, dC,
             None if D is None else dD_part.sum(0).to(D.dtype),
             None if z is None else dz,
             None if delta_bias is None else dbias_part.sum(0).to(delta_bias.dtype))
@@ -430,7 +430,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     b, d, length = u.shape
     n_ck, _ = _chunking(length)
     f32 = {"dtype": torch.float32}
-    return torch.empty_like(u), u.new_empty(b, d, A.shape[1], **f32), u.new_empty(b, n_ck, d, A.shape[1], **f32)
+    return torch.empty_like(u), u.new_empty(b, A.shape[1], d, **f32), u.new_empty(b, n_ck, A.shape[1], d, **f32)
 
 
 @torch.library.custom_op("dimstudy::selective_scan_bwd", mutates_args=())
@@ -479,4 +479,4 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                              f"{tuple(C.shape)}")
         B, C = B.squeeze(1), C.squeeze(1)
     y, last, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
-    return (y, last) if return_last_state else y
+    return (y, last.transpose(1, 2)) if return_last_state else y  # last: (b, d, n), stored (b, n, d)
