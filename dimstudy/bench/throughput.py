@@ -25,10 +25,11 @@ from dimstudy.results import append_row, environment
 
 
 def measure(model_name: str, batch: int, device: str = "auto", warmup: int = 5, repeats: int = 20, seed: int = 0,
-            sampler_steps: int = 50) -> dict:
+            sampler_steps: int = 50, scan_backend: str | None = None, compile: bool = False) -> dict:
     dev = resolve_device(device)
     torch.manual_seed(seed)
-    model = create_model(model_name).to(dev)
+    model = create_model(model_name, scan_backend=scan_backend).to(dev)
+    net = torch.compile(model) if compile else model  # same weights; `model` keeps the mixers' last_backend
     schedule = build_schedule("vpsde")
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     x0 = torch.randn(batch, model.in_chans, model.img_size, model.img_size, device=dev)
@@ -37,7 +38,7 @@ def measure(model_name: str, batch: int, device: str = "auto", warmup: int = 5, 
 
     def train_step():
         with torch.autocast(**amp):
-            loss = schedule.training_loss(model, x0, y).mean()
+            loss = schedule.training_loss(net, x0, y).mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -49,12 +50,13 @@ def measure(model_name: str, batch: int, device: str = "auto", warmup: int = 5, 
     @torch.no_grad()
     def nfe():
         with torch.autocast(**amp):
-            model(x0, t, y)
+            net(x0, t, y)
 
     fwd = time_fn(nfe, dev, warmup=warmup, repeats=repeats, budget_s=10)
     ran = sorted({m.last_backend for m in mamba_modules(model) if m.last_backend})
     return {
         "model": model_name, "batch": batch, "resolution": model.img_size, "params": count_params(model),
+        "compiled": compile,
         "precision": "bf16-autocast" if dev.type == "cuda" else "fp32", "seed": seed,
         "train_ms_per_step": train.median_ms, "train_ms_iqr": train.iqr_ms, "train_images_per_s": batch * 1e3 / train.median_ms,
         "sample_ms_per_nfe": fwd.median_ms, "sample_ms_iqr": fwd.iqr_ms, "sample_nfe_per_s": 1e3 / fwd.median_ms,
@@ -71,12 +73,20 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--device", default="auto")
     p.add_argument("--results", default="results/throughput")
+    p.add_argument("--scan-backends", default="auto", help="comma list, one run each for Mamba models: auto,triton,cuda,torch")
+    p.add_argument("--compile", action="store_true", help="also time each under torch.compile")
     a = p.parse_args(argv)
     for name in a.models.split(","):
-        row = {"model": name, "batch": a.batch} | run_isolated("dimstudy.bench.throughput:measure", dict(model_name=name, batch=a.batch, device=a.device), timeout_s=900)
-        append_row("throughput", row, a.results)
-        print(json.dumps({k: row.get(k) for k in ("model", "status", "train_images_per_s", "sample_nfe_per_s",
-                                                    "sample_images_per_s_dpm50", "scan_backend", "gpu")}))
+        backends = a.scan_backends.split(",") if not name.startswith("uvit") else ["auto"]
+        for backend in backends:
+            for compiled in (False, True) if a.compile else (False,):
+                kw = dict(model_name=name, batch=a.batch, device=a.device, compile=compiled,
+                          scan_backend=None if backend == "auto" else backend)
+                row = {"model": name, "batch": a.batch} | run_isolated("dimstudy.bench.throughput:measure", kw, timeout_s=900)
+                append_row("throughput", row, a.results)
+                print(json.dumps({k: row.get(k) for k in ("model", "status", "compiled", "train_images_per_s",
+                                                            "sample_nfe_per_s", "sample_images_per_s_dpm50",
+                                                            "scan_backend", "gpu")}), flush=True)
 
 
 if __name__ == "__main__":

@@ -212,6 +212,7 @@ def _scan_bwd_kernel(
     # this program's scratch: slot 0 the state entering the chunk, slot i + 1 the state after its step i
     scr = scr_ptr + (pid_b * tl.num_programs(0) + pid_d) * (CK + 1) * BD * NP \
         + offs_n[:, None] * BD + tl.arange(0, BD)[None, :]
+    offs_zero = tl.zeros([NP, BD], dtype=tl.int32)
 
     dA_acc = tl.zeros([NP, BD], dtype=tl.float32)
     dD_acc = tl.zeros([BD], dtype=tl.float32)
@@ -223,29 +224,44 @@ def _scan_bwd_kernel(
 
     for cc in range(N_CK):
         c = N_CK - 1 - cc
-        # 1. this chunk's states again, from its saved entry state
+        # 1. this chunk's states again, from its saved entry state (inputs of step t + 1 load during step t)
         h = tl.load(ck_base + c * DIM * NST, mask=mask_dn, other=0.0)
         tl.store(scr, h)
+        t0 = c * CK
+        nu = tl.load(b_u + t0 * s_ul + o_u, mask=mask_d & (t0 < L), other=0.0)
+        ndl = tl.load(b_dl + t0 * s_dl + o_dl, mask=mask_d & (t0 < L), other=0.0)
+        nB = tl.load(b_B + t0 * s_Bl + o_B, mask=mask_n & (t0 < L), other=0.0)
         for i in range(CK):
-            t = c * CK + i
-            ok = t < L
-            u = tl.load(b_u + t * s_ul + o_u, mask=mask_d & ok, other=0.0).to(tl.float32)
-            dl = tl.load(b_dl + t * s_dl + o_dl, mask=mask_d & ok, other=0.0).to(tl.float32)
-            Bt = tl.load(b_B + t * s_Bl + o_B, mask=mask_n & ok, other=0.0).to(tl.float32)
-            dt = _step_dt(dl, bias, ok, SOFTPLUS)
+            t = t0 + i
+            u, dl, Bt = nu.to(tl.float32), ndl.to(tl.float32), nB.to(tl.float32)
+            ok1 = (t + 1 < L) & (i + 1 < CK)
+            nu = tl.load(b_u + (t + 1) * s_ul + o_u, mask=mask_d & ok1, other=0.0)
+            ndl = tl.load(b_dl + (t + 1) * s_dl + o_dl, mask=mask_d & ok1, other=0.0)
+            nB = tl.load(b_B + (t + 1) * s_Bl + o_B, mask=mask_n & ok1, other=0.0)
+            dt = _step_dt(dl, bias, t < L, SOFTPLUS)
             h = _exp2(dt[None, :] * A2, FAST_EXP) * h + (dt * u)[None, :] * Bt[:, None]
             tl.store(scr + (i + 1) * BD * NP, h)
-        # 2. the adjoint, backwards over the chunk
+        tl.debug_barrier()  # the scratch is read back below, possibly by other threads of the program
+        # 2. the adjoint, backwards over the chunk; h_t of a step is h_prev of the step after it
+        t_last = t0 + CK - 1
+        h_t = tl.load(scr + CK * BD * NP)
+        h_prev_n = tl.load(scr + (CK - 1) * BD * NP)
+        nxt = _load_step(t_last, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
+                         o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z)
+        ng = tl.load(b_g + t_last * s_gl + o_g, mask=mask_d & (t_last < L), other=0.0)
         for ii in range(CK):
             i = CK - 1 - ii
-            t = c * CK + i
+            t = t0 + i
             ok = t < L
             mt = mask_d & ok
-            u, dl, Bt, Ct, z = _load_step(t, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
-                                          o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z)
-            g = tl.load(b_g + t * s_gl + o_g, mask=mt, other=0.0).to(tl.float32)
-            h_t = tl.load(scr + (i + 1) * BD * NP)
-            h_prev = tl.load(scr + i * BD * NP)
+            u, dl, Bt, Ct, z = nxt
+            g = ng.to(tl.float32)
+            h_prev = h_prev_n
+            ok1 = (i > 0) & (t - 1 < L)
+            nxt = _load_step(tl.where(ok1, t - 1, L), L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
+                             o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z)
+            ng = tl.load(b_g + (t - 1) * s_gl + o_g, mask=mask_d & ok1, other=0.0)
+            h_prev_n = tl.load(scr + (i - 1) * BD * NP + offs_zero, mask=(offs_zero >= 0) & (i > 0), other=0.0)
             x = dl + bias
             dt = _step_dt(dl, bias, ok, SOFTPLUS)
             a = _exp2(dt[None, :] * A2, FAST_EXP)
@@ -278,6 +294,8 @@ def _scan_bwd_kernel(
             tl.store(dB_ptr + b_dBC + t * NST + offs_n, dB_t, mask=mask_n & ok)
             tl.store(dC_ptr + b_dBC + t * NST + offs_n, dC_t, mask=mask_n & ok)
             carry = a * lam
+            h_t = h_prev
+        tl.debug_barrier()  # before the next chunk overwrites the scratch
     tl.store(dA_ptr + pid_b * DIM * NST + dn_offs, dA_acc, mask=mask_dn)
     tl.store(dD_ptr + pid_b * DIM + offs_d, dD_acc, mask=mask_d)
     tl.store(dbias_ptr + pid_b * DIM + offs_d, dbias_acc, mask=mask_d)
@@ -296,18 +314,15 @@ def _chunking(length: int) -> tuple[int, int]:
 BLOCK_OVERRIDE: tuple[int, int] | None = None  # (BD, warps) for every launch; for tuning sweeps
 
 
-def _block_config(batch: int, dim: int, device: torch.device) -> tuple[int, int]:
-    """(BD channels per program, warps per program). Few channels per program when batch * d is small, so that
-    the grid still covers every multiprocessor several times over (one program is one sequential walk)."""
+def _block_config(batch: int, dim: int, device: torch.device, backward: bool = False) -> tuple[int, int]:
+    """(BD channels per program, warps per program), from the sweeps in results/scan-bench/ (H200): one warp,
+    128 channels for the forward (each thread one or more channels' whole state), 64 for the backward (whose
+    per-step sums over channels grow with BD)."""
     if BLOCK_OVERRIDE is not None:
         return BLOCK_OVERRIDE
     if device.type != "cuda":
         return min(16, triton.next_power_of_2(dim)), 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    bd = 32
-    while bd > 4 and batch * triton.cdiv(dim, bd) < 8 * sms:
-        bd //= 2
-    return bd, 1
+    return min(64 if backward else 128, max(32, triton.next_power_of_2(dim))), 1
 
 
 def _fast_exp(x: torch.Tensor) -> bool:
@@ -339,17 +354,21 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
 
 
 def _parts(batch: int, dim: int, bd: int, n_ck: int, device: torch.device) -> int:
-    """How many sequence parts the forward walks in parallel: enough that batch x channel blocks x parts fills
-    the GPU about PARTS_TARGET programs per multiprocessor (1 on CPU, and when the batch alone does it)."""
+    """How many sequence parts the forward walks in parallel. One when batch x channel blocks already gives
+    every multiprocessor several programs; else enough parts for about PARTS_TARGET programs per
+    multiprocessor (the second pass's exps cost less than the idle units: results/scan-bench/)."""
     if PARTS_OVERRIDE is not None:
         return max(1, min(PARTS_OVERRIDE, n_ck))
     if device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(n_ck, triton.cdiv(PARTS_TARGET * sms, batch * triton.cdiv(dim, bd))))
+    programs = batch * triton.cdiv(dim, bd)
+    if programs >= 4 * sms:
+        return 1
+    return max(1, min(n_ck, 64, triton.cdiv(PARTS_TARGET * sms, programs)))
 
 
-PARTS_TARGET = 16
+PARTS_TARGET = 48
 PARTS_OVERRIDE: int | None = None
 
 
@@ -389,7 +408,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, gr
     b, d, length = u.shape
     n = A.shape[1]
     n_ck, ck = _chunking(length)
-    bd, warps = _block_config(b, d, u.device)
+    bd, warps = _block_config(b, d, u.device, backward=True)
     nb = triton.cdiv(d, bd)
     np_ = max(2, triton.next_power_of_2(n))
     f32 = {"device": u.device, "dtype": torch.float32}
