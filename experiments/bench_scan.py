@@ -16,6 +16,7 @@ the special-function units' rate (16 per clock per multiprocessor at the boost c
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 from triton.testing import do_bench
@@ -70,12 +71,12 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def bench_shape(name, b, d, n, length, backward, bw, sweep):
+def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bwd")):
     rows = []
     ex_floor_ms = b * d * n * length / (torch.cuda.get_device_properties(0).multi_processor_count * 16 * BOOST_GHZ * 1e9) * 1e3
     io = 2 * b * length * (3 * d + 2 * n) + 2 * b * length * d  # bf16: u, delta, z, B, C in, y out
     mem_floor_ms = io / bw * 1e3
-    modes = ["fwd", "fwd+bwd"] if backward else ["fwd"]
+    modes = [m for m in (["fwd", "fwd+bwd"] if backward else ["fwd"]) if m in want]
     for mode in modes:
         grad = mode == "fwd+bwd"
         xm, xt = make_inputs(b, d, n, length, "bdl", grad), make_inputs(b, d, n, length, "bld", grad)
@@ -97,13 +98,17 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep):
         floor = (2 if grad else 1) * ex_floor_ms  # backward recomputes the exps once more
         mem = mem_floor_ms * (3 if grad else 1)
         t_m = do_bench(lambda xs=xm: step(mamba_scan, xs), warmup=25, rep=200, return_mode="median")
-        configs = [(None, None)]
-        if sweep and grad:
-            configs += [((bd, w), None) for bd in (32, 64, 128) for w in (1, 2)]
+        configs = [(None, None, ts.BWD_PREFETCH)]
+        if sweep and grad:  # the forward keeps its default; (BD, warps) and prefetching apply to the backward
+            configs += [((bd, w), None, pf) for bd in (16, 32, 64) for w in (1, 2) for pf in (True, False)]
         elif sweep:
-            configs += [((bd, w), p) for bd in (32, 64, 128) for w in (1, 2) for p in (1, 8, 16, 32, 64)]
-        for cfg, parts in configs:
-            ts.BLOCK_OVERRIDE, ts.PARTS_OVERRIDE = cfg, parts
+            configs += [((bd, w), p, True) for bd in (32, 64) for w in (1, 2) for p in (1, 16, 32, 64)]
+        default_prefetch = ts.BWD_PREFETCH
+        for cfg, parts, prefetch in configs:
+            ts.BLOCK_OVERRIDE, ts.PARTS_OVERRIDE, ts.BWD_PREFETCH = cfg, parts, prefetch
+            if grad and cfg is not None:  # time the backward's config with the default forward
+                os.environ["DIMSTUDY_SCAN_BLOCK_BWD"] = f"{cfg[0]},{cfg[1]}"
+                ts.BLOCK_OVERRIDE = None
             try:
                 t_t = do_bench(lambda xs=xt: step(ts.selective_scan_triton, xs), warmup=25, rep=200, return_mode="median")
             except Exception as e:  # noqa: BLE001 - a config that does not compile is a row, not a crash
@@ -111,16 +116,19 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep):
                 continue
             finally:
                 ts.BLOCK_OVERRIDE = ts.PARTS_OVERRIDE = None
-            cfg_used = cfg or ts._block_config(b, d, torch.device("cuda"))
+                ts.BWD_PREFETCH = default_prefetch
+                os.environ.pop("DIMSTUDY_SCAN_BLOCK_BWD", None)
+            cfg_used = cfg or ts._block_config(b, d, torch.device("cuda"), backward=grad)
             n_ck = ts._chunking(length)[0]
             parts_used = parts or ts._parts(b, d, cfg_used[0], n_ck, torch.device("cuda"))
             row = {"shape": name, "mode": mode, "batch": b, "d_inner": d, "d_state": n, "seqlen": length,
                    "dtype": "bf16", "block_d": cfg_used[0], "num_warps": cfg_used[1], "parts": parts_used, "default_config": cfg is None and parts is None,
+                   "bwd_prefetch": prefetch if grad else None,
                    "chunk": ts.CHUNK, "ms_mamba_ssm": t_m, "ms_triton": t_t, "speedup": t_m / t_t,
                    "floor_exp_ms": floor, "floor_mem_ms": mem, "triton_over_floor": t_t / max(floor, mem),
                    "rel_err_vs_mamba_ssm": err, "copy_tb_s": bw / 1e12, "seed": 0}
             rows.append(row)
-            print(f"{name:26s} {mode:8s} BD {cfg_used[0]:3d} w {cfg_used[1]} p {parts_used:2d} | mamba-ssm {t_m:8.3f} ms | triton "
+            print(f"{name:26s} {mode:8s} BD {cfg_used[0]:3d} w {cfg_used[1]} p {parts_used:2d} pf {int(prefetch)} | mamba-ssm {t_m:8.3f} ms | triton "
                   f"{t_t:8.3f} ms | x{t_m / t_t:5.2f} | floor exp {floor:.3f} mem {mem:.3f} ms | "
                   f"{t_t / max(floor, mem):5.1f}x floor | err {max(err.values()):.1e}", flush=True)
     return rows
@@ -130,6 +138,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--sweep", action="store_true", help="time every (BD, warps) config too")
+    ap.add_argument("--modes", default="fwd,fwd+bwd", help="which of fwd, fwd+bwd to time")
     ap.add_argument("--out", default=None, help="append rows to OUT/scan_bench.jsonl")
     args = ap.parse_args()
     if mamba_scan is None:
@@ -139,7 +148,7 @@ def main():
     print(f"{env['gpu']}, torch {env['torch']}, copy {bw / 1e12:.2f} TB/s")
     for name in args.shapes.split(","):
         b, d, n, length, backward = SHAPES[name]
-        for row in bench_shape(name, b, d, n, length, backward, bw, args.sweep):
+        for row in bench_shape(name, b, d, n, length, backward, bw, args.sweep, args.modes.split(",")):
             if args.out:
                 append_row("scan_bench", {**row, "kernels": "triton vs mamba-ssm selective_scan_fn", **env}, args.out)
 

@@ -86,7 +86,7 @@ def test_auto_backend_on_cpu_is_torch():
 
 
 def test_unknown_backend_raises_value_error_with_choices():
-    with pytest.raises(ValueError, match="auto, cuda, torch, ref"):
+    with pytest.raises(ValueError, match="auto, triton, cuda, torch, ref"):
         Mamba(16, scan_backend="fast")
     m = Mamba(16)
     with pytest.raises(ValueError, match="torch"):

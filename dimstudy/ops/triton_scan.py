@@ -27,6 +27,7 @@ tensors; the tests use it.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -88,7 +89,7 @@ def _load_step(t, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
 # end state and its sum of dt; the second starts each part from its true entering state, the parts before it
 # folded in with one decay exp(A * sum dt) each, and writes y. That costs the exps twice but gives the
 # grid enough programs to hide each step's memory latency, which is what bounds a walk at batch 1.
-@triton.jit
+@triton.jit(do_not_specialize=["DIM"])  # DIM's divisibility would vectorize tiles along d: see _block_config
 def _scan_fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     y_ptr, last_ptr, ck_ptr, end_ptr, dtsum_ptr,
@@ -167,17 +168,17 @@ def _scan_fwd_kernel(
 
 
 # -- backward -----------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=["DIM", "SROW"])
 def _scan_bwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, gy_ptr, glast_ptr,
     du_ptr, ddl_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, scr_ptr,
-    L, DIM, NST, N_CK, CK, BATCH,
+    L, DIM, NST, N_CK, CK, BATCH, SROW,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_Bb, s_Bn, s_Bl, s_Cb, s_Cn, s_Cl,
     s_zb, s_zd, s_zl, s_gb, s_gd, s_gl,
     s_dub, s_dud, s_dul, s_ddb, s_ddd, s_ddl, s_dzb, s_dzd, s_dzl,
     BD: tl.constexpr, NP: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_GLAST: tl.constexpr, FAST_EXP: tl.constexpr, EVEN_N: tl.constexpr,
+    HAS_GLAST: tl.constexpr, FAST_EXP: tl.constexpr, EVEN_N: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -191,8 +192,7 @@ def _scan_bwd_kernel(
     mask_dn = mask_n[:, None] & mask_d[None, :]
     dn_offs = offs_n[:, None] * DIM + offs_d[None, :]  # (NP, BD) tiles of (n, d) memory
 
-    A = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)
-    A2 = A * 1.4426950408889634
+    A2 = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634  # A log2 e
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -211,8 +211,7 @@ def _scan_bwd_kernel(
     ck_base = ck_ptr + pid_b * N_CK * DIM * NST + dn_offs
     # this program's scratch: slot 0 the state entering the chunk, slot i + 1 the state after its step i
     scr = scr_ptr + (pid_b * tl.num_programs(0) + pid_d) * (CK + 1) * BD * NP \
-        + offs_n[:, None] * BD + tl.arange(0, BD)[None, :]
-    offs_zero = tl.zeros([NP, BD], dtype=tl.int32)
+        + offs_n[:, None] * SROW + tl.arange(0, BD)[None, :]  # SROW = BD, unspecialized: no vectors along d
 
     dA_acc = tl.zeros([NP, BD], dtype=tl.float32)
     dD_acc = tl.zeros([BD], dtype=tl.float32)
@@ -254,14 +253,20 @@ def _scan_bwd_kernel(
             t = t0 + i
             ok = t < L
             mt = mask_d & ok
-            u, dl, Bt, Ct, z = nxt
-            g = ng.to(tl.float32)
-            h_prev = h_prev_n
-            ok1 = (i > 0) & (t - 1 < L)
-            nxt = _load_step(tl.where(ok1, t - 1, L), L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
-                             o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z)
-            ng = tl.load(b_g + (t - 1) * s_gl + o_g, mask=mask_d & ok1, other=0.0)
-            h_prev_n = tl.load(scr + (i - 1) * BD * NP + offs_zero, mask=(offs_zero >= 0) & (i > 0), other=0.0)
+            if PREFETCH:  # this step's inputs came in during the last one; load the next step's now
+                u, dl, Bt, Ct, z = nxt
+                g = ng.to(tl.float32)
+                h_prev = h_prev_n
+                ok1 = (i > 0) & (t - 1 < L)
+                nxt = _load_step(tl.where(ok1, t - 1, L), L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl,
+                                 s_zl, o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z)
+                ng = tl.load(b_g + (t - 1) * s_gl + o_g, mask=mask_d & ok1, other=0.0)
+                h_prev_n = tl.load(scr + tl.maximum(i - 1, 0) * BD * NP)  # slot i - 1 (at i = 0: unused)
+            else:  # fewer registers live across steps
+                u, dl, Bt, Ct, z = _load_step(t, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
+                                              o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z)
+                g = tl.load(b_g + t * s_gl + o_g, mask=mt, other=0.0).to(tl.float32)
+                h_prev = tl.load(scr + i * BD * NP)
             x = dl + bias
             dt = _step_dt(dl, bias, ok, SOFTPLUS)
             a = _exp2(dt[None, :] * A2, FAST_EXP)
@@ -278,7 +283,7 @@ def _scan_bwd_kernel(
             g_dtu = tl.sum(lam * Bt[:, None], axis=0)  # dLoss/d(dt u) per channel
             q = lam * a * h_prev  # dLoss/d(dt A)
             dA_acc += q * dt[None, :]
-            g_dt = tl.sum(q * A, axis=0) + g_dtu * u
+            g_dt = tl.sum(q * A2, axis=0) * 0.6931471805599453 + g_dtu * u  # sum q A = ln 2 sum q A2
             g_u = g_dtu * dt
             if HAS_D:
                 g_u += Dv * g
@@ -312,6 +317,8 @@ def _chunking(length: int) -> tuple[int, int]:
 
 
 BLOCK_OVERRIDE: tuple[int, int] | None = None  # (BD, warps) for every launch; for tuning sweeps
+BWD_BD, BWD_WARPS = 64, 1
+BWD_PREFETCH = os.environ.get("DIMSTUDY_SCAN_BWD_PREFETCH", "1") == "1"  # load step t - 1 during step t
 
 
 def _block_config(batch: int, dim: int, device: torch.device, backward: bool = False) -> tuple[int, int]:
@@ -322,7 +329,11 @@ def _block_config(batch: int, dim: int, device: torch.device, backward: bool = F
         return BLOCK_OVERRIDE
     if device.type != "cuda":
         return min(16, triton.next_power_of_2(dim)), 1
-    return min(64 if backward else 128, max(32, triton.next_power_of_2(dim))), 1
+    env = os.environ.get("DIMSTUDY_SCAN_BLOCK_BWD" if backward else "DIMSTUDY_SCAN_BLOCK_FWD")
+    if env:  # "BD,warps", for tuning runs
+        bd, warps = (int(v) for v in env.split(","))
+        return bd, warps
+    return min(BWD_BD if backward else 128, max(32, triton.next_power_of_2(dim))), BWD_WARPS if backward else 1
 
 
 def _fast_exp(x: torch.Tensor) -> bool:
@@ -422,11 +433,12 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, gr
         u, delta, A.t().contiguous(), B, C, u if D is None else D, zz, u if delta_bias is None else delta_bias,
         saved, grad_y, saved if grad_last is None else grad_last.contiguous(),  # grad_last: (b, n, d)
         du, ddelta, dz, dB_part, dC_part, dA_part, dD_part, dbias_part, scratch,
-        length, d, n, n_ck, ck, b,
+        length, d, n, n_ck, ck, b, bd,
         *_strides(u, delta, B, C, zz, grad_y, du, ddelta, dz),
         BD=bd, NP=np_,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        HAS_GLAST=grad_last is not None, FAST_EXP=_fast_exp(u), EVEN_N=np_ == n, num_warps=warps,
+        HAS_GLAST=grad_last is not None, FAST_EXP=_fast_exp(u), EVEN_N=np_ == n, PREFETCH=BWD_PREFETCH,
+        num_warps=warps,
     )
     dB = dB_part.sum(0).transpose(1, 2).to(B.dtype)  # (b, n, l)
     dC = dC_part.sum(0).transpose(1, 2).to(C.dtype)
