@@ -317,14 +317,12 @@ def _chunking(length: int) -> tuple[int, int]:
 
 
 BLOCK_OVERRIDE: tuple[int, int] | None = None  # (BD, warps) for every launch; for tuning sweeps
-BWD_BD, BWD_WARPS = 64, 1
 BWD_PREFETCH = os.environ.get("DIMSTUDY_SCAN_BWD_PREFETCH", "1") == "1"  # load step t - 1 during step t
 
 
 def _block_config(batch: int, dim: int, device: torch.device, backward: bool = False) -> tuple[int, int]:
-    """(BD channels per program, warps per program), from the sweeps in results/scan-bench/ (H200): one warp,
-    128 channels for the forward (each thread one or more channels' whole state), 64 for the backward (whose
-    per-step sums over channels grow with BD)."""
+    """(BD channels per program, warps per program): 32 channels, one warp, one channel's whole state per
+    lane, for both kernels; the best of the sweeps in results/scan-bench/ (H200) at DiM's shapes."""
     if BLOCK_OVERRIDE is not None:
         return BLOCK_OVERRIDE
     if device.type != "cuda":
@@ -333,7 +331,7 @@ def _block_config(batch: int, dim: int, device: torch.device, backward: bool = F
     if env:  # "BD,warps", for tuning runs
         bd, warps = (int(v) for v in env.split(","))
         return bd, warps
-    return min(BWD_BD if backward else 128, max(32, triton.next_power_of_2(dim))), BWD_WARPS if backward else 1
+    return 32, 1
 
 
 def _fast_exp(x: torch.Tensor) -> bool:
