@@ -298,6 +298,8 @@ def resolve_scan_backend(name: str = "auto", device: torch.device | str | None =
     """
     check_scan_backend(name)
     dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "meta":  # shapes only (FLOP and size counts): the PyTorch scan stands in
+        return "torch"
     on_cuda = dev is None or dev.type == "cuda"
     if name == "auto":
         if dev is None or dev.type != "cuda":
