@@ -288,6 +288,9 @@ def test_presets_load_and_flags_override():
         ("euler_maruyama", 1000, 50_000, "train")
     gpu = load_study_config("gpu-small")
     assert gpu.train.precision == "bf16" and gpu.seeds == [0, 1] and gpu.workers > 1
+    photos = load_study_config("gpu-photos")  # the GPU study on natural images: held-out reference crops, 3 seeds
+    assert (photos.train.dataset, photos.eval.reference_split, photos.seeds) == ("photos", "test", [0, 1, 2])
+    assert "5678" in photos.patterns and photos.train.device == "cuda"
 
     cfg = study_cli.study_config("smoke", {"seeds": [0, 1], "train": {"steps": 7, "lr": None}},
                                  ["train.weight_decay=0", "eval.kid=false", "train.model_kwargs.d_state=8"])
@@ -318,7 +321,7 @@ def cli():
 @pytest.mark.parametrize("args, message", [
     (["ablate", "--preset", "smoke", "--drop", "padding_token"],
      "error: unknown component 'padding_token'; valid choices: each, multi_scan, long_skip, padding_tokens, local_conv"),
-    (["ablate", "--preset", "nope"], "error: unknown preset 'nope'; valid choices: gpu-small, paper, smoke"),
+    (["ablate", "--preset", "nope"], "error: unknown preset 'nope'; valid choices: gpu-photos, gpu-small, paper, smoke"),
     (["scan-study", "--preset", "smoke", "--patterns", "1239"], "error: unknown scan pattern '9'; valid patterns: 1=row"),
     (["ablate", "--preset", "smoke", "--model", "uvit_tiny_2"], "error: ablations switch DiM's designs, but 'uvit_tiny_2'"),
     (["sweep", "--preset", "smoke", "--space", "lrr=1:2"], "error: unknown sweep parameter 'lrr'"),

@@ -15,7 +15,7 @@ import typer
 from dimstudy.cli.common import friendly, split_list
 
 # -- options shared by ablate, scan-study and sweep (each maps to one StudyConfig field) ---------------------
-Preset = Annotated[str | None, typer.Option(help="Study preset: smoke, gpu-small, paper (experiments/studies/), or a .toml path.")]
+Preset = Annotated[str | None, typer.Option(help="Study preset: smoke, gpu-small, gpu-photos, paper (experiments/studies/), or a .toml path.")]
 StudyName = Annotated[str | None, typer.Option("--study", help="Study name (default: the preset's name); results go to RESULTS/NAME/.")]
 Seeds = Annotated[str | None, typer.Option(help="Seeds, comma-separated, e.g. 0,1: every variant runs once per seed.")]
 Results = Annotated[str | None, typer.Option("--results", help="Results root (rows, report, default storage).")]
@@ -27,7 +27,7 @@ Workers = Annotated[int | None, typer.Option(help="Local worker processes pullin
 Nproc = Annotated[int | None, typer.Option(help="GPUs per trial: >1 trains through torchrun --nproc_per_node N.")]
 Threads = Annotated[int | None, typer.Option(help="torch CPU threads per worker (default: cores // workers).")]
 Model = Annotated[str | None, typer.Option(help="Registered model, e.g. dim_s_2.")]
-Dataset = Annotated[str | None, typer.Option(help="Training data: digits (offline), cifar10, folder, latents.")]
+Dataset = Annotated[str | None, typer.Option(help="Training data: digits, photos (both offline), cifar10, folder, latents.")]
 DataDir = Annotated[str | None, typer.Option(help="Where the dataset lives.")]
 Resolution = Annotated[int | None, typer.Option(help="Image side in pixels.")]
 Steps = Annotated[int | None, typer.Option(help="Training steps per trial.")]
