@@ -222,6 +222,47 @@ def register(app: typer.Typer) -> None:
         n = run_worker(study, storage, results, threads=threads, device=device, max_trials=max_trials, wait=wait)
         typer.echo(f"worker done: ran {n} trial(s) of study {study!r}")
 
+    @app.command("status")
+    @friendly
+    def status_cmd(
+        study: Annotated[str, typer.Option("--study", help="Study name: RESULTS/NAME/ holds its rows and study.toml.")],
+        results: Annotated[str, typer.Option("--results", help="Results root.")] = "results",
+        preset: Annotated[str | None, typer.Option(help="Take the grid and settings from this preset instead of "
+                                                   "RESULTS/NAME/study.toml (before the study's first run).")] = None,
+        seeds: Seeds = None,
+    ):
+        """Which (variant, seed) cells of a grid study have a committed row, which remain, and the estimated
+        GPU-minutes to finish them (from the measured trial times in the rows).
+
+        The grid is Tab. 4 from the study's `drop` plus Tab. 6 from its `patterns`.
+
+        Example: dimstudy status --study gpu-photos --seeds 0,1,2
+        """
+        from dimstudy.report.speed import markdown_table
+        from dimstudy.study.cells import status_table
+        from dimstudy.study.config import load_study_config
+        from dimstudy.study.grid import ablation_variants, scan_variants
+
+        saved = Path(results) / study / "study.toml"
+        if preset is None and not saved.is_file():
+            raise FileNotFoundError(f"no study {study!r}: {saved} does not exist (give --preset for a study that has "
+                                    "not run yet)")
+        over = {"name": study, "results_dir": results, "seeds": [int(s) for s in split_list(seeds)] or None}
+        cfg = load_study_config(preset or saved, over)
+        variants: dict = {}
+        for v in [*ablation_variants(cfg.drop), *scan_variants(cfg.patterns)]:
+            variants.setdefault(v.key, v)  # Tab. 4's name for the networks both tables share: full, -MS
+        variants = list(variants.values())
+        table, summary = status_table(cfg, variants, cfg.seeds)
+        typer.echo(markdown_table(table))
+        per = summary["minutes_per_trial"]
+        typer.echo(f"\n{summary['done']} of {summary['cells']} cells done ({cfg.study_dir / 'runs.jsonl'}); "
+                   f"{len(summary['remaining'])} remaining" + (": " + ", ".join(summary["remaining"]) if summary["remaining"] else ""))
+        if summary["remaining"]:
+            typer.echo(f"estimated {summary['minutes_left']:.0f} GPU-minutes to finish "
+                       f"({per:.1f} min of the machine per trial, as measured in the rows, trials side by side counted "
+                       "as they shared it)" if per == per else "no finished trial yet to estimate the time from")
+
     @app.command("report")
     @friendly
     def report_cmd(

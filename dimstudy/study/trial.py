@@ -10,6 +10,7 @@ Every stage can be interrupted and picked up again by the trial's re-queued copy
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ import numpy as np
 import optuna
 import torch
 
+from dimstudy.study.cells import cell_identity, cell_train_config, finished_rows
 from dimstudy.study.config import StudyConfig
 from dimstudy.study.rows import bin_curve, final_loss, read_loss_log, write_curve, write_row
 from dimstudy.train.config import TrainConfig, save_config
@@ -53,9 +55,13 @@ def run_trial(trial: optuna.Trial, cfg: StudyConfig, log: Log = print, progress:
     run_name = spec["run_name"]
     run_dir = Path(cfg.runs_dir) / cfg.name / run_name
     seed = spec.get("seed", cfg.seeds[0])
-    tcfg = TrainConfig.from_dict({**tcfg.to_dict(), "seed": seed, "out_dir": str(run_dir), "results_dir": None,
-                                  "model_kwargs": {**tcfg.model_kwargs, **spec.get("model_kwargs", {})}})
+    tcfg = cell_train_config(cfg, spec.get("model_kwargs", {}), seed, run_dir, base=tcfg)
     tag = f"[{os.environ.get('DIMSTUDY_WORKER', 'w0')} trial {trial.number} {spec.get('variant', run_name)} seed {seed}]"
+    if kind == "grid" and (done := committed_row(cfg, tcfg)) is not None:
+        # A row of this very configuration is already in runs.jsonl (an earlier slot, another machine): the
+        # cell is done, whatever this Optuna database says.
+        log(f"{tag} already in {cfg.study_dir / 'runs.jsonl'} (FID {done['fid']:.2f}, {done.get('timestamp')}); not run again")
+        return float(done["fid"])
     base = {"study": cfg.name, "kind": kind, "preset": cfg.preset, "trial": trial.number, "key": spec["key"],
             "variant": spec.get("variant", run_name), "variant_key": spec.get("variant_key"), "seed": seed,
             "retries": spec.get("retries", 0), "params": params or None, "run_dir": str(run_dir)}
@@ -93,6 +99,11 @@ def run_trial(trial: optuna.Trial, cfg: StudyConfig, log: Log = print, progress:
         _finish_row({**base, "status": "failed", "error": msg, "wall_s": time.perf_counter() - t0}, cfg, tcfg)
         log(f"{tag} failed: {msg}\n{traceback.format_exc(limit=4)}")
         raise
+
+
+def committed_row(cfg: StudyConfig, tcfg: TrainConfig) -> dict | None:
+    """The `ok` row of the study with this trial's resolved configuration, if one is committed."""
+    return finished_rows(cfg).get(cell_identity(tcfg.to_dict(), dataclasses.asdict(cfg.eval)))
 
 
 def _release_cached_gpu_memory() -> None:
