@@ -43,6 +43,8 @@ ScanBackend = Annotated[str | None, typer.Option(help="Selective-scan kernel: au
 NumSamples = Annotated[int | None, typer.Option(help="Samples per FID.")]
 Sampler = Annotated[str | None, typer.Option(help="Diffusion sampler for FID: dpm_solver, dpm_solver++, ddim, euler_maruyama.")]
 SampleSteps = Annotated[int | None, typer.Option(help="Sampler steps.")]
+CudaGraphs = Annotated[bool | None, typer.Option("--cuda-graphs/--no-cuda-graphs", help="On CUDA, sample for FID "
+                                                 "with the network replayed from CUDA graphs (default on).")]
 Reference = Annotated[str | None, typer.Option(help="FID reference: dataset name or image folder (default: the training data).")]
 NumReference = Annotated[int | None, typer.Option(help="Reference images (default: all).")]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Any StudyConfig field as KEY=VALUE (TOML value), dotted for "
@@ -65,7 +67,7 @@ def _study_options(
     steps: Steps = None, batch_size: BatchSize = None, lr: Lr = None, warmup_steps: Warmup = None,
     ema_decay: Ema = None, ema_warmup: EmaWarmup = None, precision: Precision = None, device: Device = None,
     scan_backend: ScanBackend = None, num_samples: NumSamples = None, sampler: Sampler = None,
-    sample_steps: SampleSteps = None, reference: Reference = None, num_reference: NumReference = None, set_: Sets = None, report: Report = True,
+    sample_steps: SampleSteps = None, cuda_graphs: CudaGraphs = None, reference: Reference = None, num_reference: NumReference = None, set_: Sets = None, report: Report = True,
 ) -> None:
     """The options of every study command (ablate, scan-study, sweep); `with_study_options` adds them."""
 
@@ -95,6 +97,7 @@ def study_overrides(opts: dict) -> dict:
                                        "warmup_steps", "ema_decay", "ema_warmup", "precision", "device")},
                   "model_kwargs": {"scan_backend": o["scan_backend"]} if o["scan_backend"] else None},
         "eval": {"num_samples": o["num_samples"], "sampler": o["sampler"], "steps": o["sample_steps"],
+                 "cuda_graphs": o["cuda_graphs"],
                  "reference": o["reference"], "num_reference": o["num_reference"]},
     }
 

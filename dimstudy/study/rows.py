@@ -55,6 +55,7 @@ ROW_SCHEMA: dict[str, str] = {
     "num_samples": "samples scored", "num_reference": "reference images", "reference": "reference set",
     "feature_extractor": "Inception source", "sampler": "sampler", "sample_steps": "sampler steps",
     "sample_wall_s": "sampling wall time", "fid_wall_s": "FID wall time",
+    "cuda_graphs": "the network ran from CUDA graphs while sampling",
     # where and how
     "wall_s": "the whole trial (this attempt)",
     "scan_backend": "selective-scan kernel that ran", "attn_backend": "attention kernel that ran (U-ViT)",

@@ -295,12 +295,17 @@ def chunk_seed(seed: int, index: int) -> int:
 
 
 def draw_chunks(model, schedule, n: int, folder: Path, *, sampler: str, steps: int, batch_size: int, seed: int,
-                device) -> torch.Tensor:
-    """n samples as uint8 (n, C, H, W), drawn `batch_size` at a time; chunks already in `folder` are reused."""
+                device, cuda_graphs: bool = True) -> torch.Tensor:
+    """n samples as uint8 (n, C, H, W), drawn `batch_size` at a time; chunks already in `folder` are reused.
+
+    On CUDA the network is replayed from CUDA graphs (captured once, kept across the chunks) unless
+    `cuda_graphs` is off."""
     from dimstudy.data.datasets import float_to_uint8
+    from dimstudy.diffusion.graphs import graphed
     from dimstudy.train import draw_samples
     from dimstudy.train.checkpoint import save_checkpoint
 
+    model = graphed(model, device, cuda_graphs)
     out = []
     for i, start in enumerate(range(0, n, batch_size)):
         b = min(batch_size, n - start)
@@ -331,7 +336,7 @@ def evaluate(cfg: StudyConfig, tcfg: TrainConfig, run_dir: Path, n: int, seed: i
     t0 = time.perf_counter()
     folder = run_dir / "eval" / f"{tag}-{e.sampler}{e.steps}-n{n}-seed{seed}"
     samples = draw_chunks(model, build_schedule(tcfg.schedule), n, folder, sampler=e.sampler, steps=e.steps,
-                          batch_size=e.batch_size, seed=seed, device=device)
+                          batch_size=e.batch_size, seed=seed, device=device, cuda_graphs=e.cuda_graphs)
     backends = backends_that_ran(model)
     if not backends.get("scan_backend") and not backends.get("attn_backend"):  # every chunk came from disk
         with torch.no_grad():
@@ -341,6 +346,7 @@ def evaluate(cfg: StudyConfig, tcfg: TrainConfig, run_dir: Path, n: int, seed: i
     t1 = time.perf_counter()
     metrics = compute_metrics(samples, **reference_args(cfg, tcfg), kid=e.kid, device=device, batch_size=e.fid_batch_size)
     info = {"sampler": e.sampler, "sample_steps": e.steps, "sample_wall_s": t1 - t0,
+            "cuda_graphs": e.cuda_graphs and device.type == "cuda",
             "fid_wall_s": time.perf_counter() - t1, "scan_backend": backends.get("scan_backend"),
             "attn_backend": backends.get("attn_backend"), "grid_images": samples[: e.grid] if e.grid else None}
     return metrics, info
