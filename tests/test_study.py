@@ -247,6 +247,7 @@ def test_real_trials_resume_training_and_write_well_formed_rows(real_study):
     assert r["scan_backend"].startswith(("torch", "ref")) and r["git_sha"] and r["torch"] == torch.__version__
     assert (r["config.train.steps"], r["config.eval.num_samples"], r["preset"], r["study"]) == (4, 8, "smoke", "real")
     assert r["device"] == "cpu" and r["wall_s"] > 0 and r["sample_steps"] == 2
+    assert math.isfinite(r["fid_half_a"]) and math.isfinite(r["fid_half_b"]) and not r["cuda_graphs"]
     study_dir = Path(cfg.study_dir)
     assert (study_dir / r["loss_curve"]).is_file() and (study_dir / r["grid"]).is_file()
     assert len(pd.read_csv(study_dir / r["loss_curve"])) == 4  # every step of the resumed run's log

@@ -51,6 +51,8 @@ ROW_SCHEMA: dict[str, str] = {
     "params": "sweep: the trial's sampled values (columns params.<name>)",
     # evaluation
     "fid": "FID of num_samples EMA samples against num_reference reference images",
+    "fid_half_a": "FID of the first half of the samples (same reference)",
+    "fid_half_b": "FID of the second half: |a - b| / 2 estimates FID's own sampling noise at num_samples",
     "kid_mean": "KID", "kid_std": "KID spread over subsets",
     "num_samples": "samples scored", "num_reference": "reference images", "reference": "reference set",
     "feature_extractor": "Inception source", "sampler": "sampler", "sample_steps": "sampler steps",

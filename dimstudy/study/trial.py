@@ -345,6 +345,11 @@ def evaluate(cfg: StudyConfig, tcfg: TrainConfig, run_dir: Path, n: int, seed: i
         backends = backends_that_ran(model)
     t1 = time.perf_counter()
     metrics = compute_metrics(samples, **reference_args(cfg, tcfg), kid=e.kid, device=device, batch_size=e.fid_batch_size)
+    if e.fid_halves and n >= 4:  # FID's own sampling noise: the same reference, two disjoint halves of the samples
+        half = n // 2
+        for name, part in (("fid_half_a", samples[:half]), ("fid_half_b", samples[half:2 * half])):
+            metrics[name] = compute_metrics(part, **reference_args(cfg, tcfg), kid=False, device=device,
+                                            batch_size=e.fid_batch_size)["fid"]
     info = {"sampler": e.sampler, "sample_steps": e.steps, "sample_wall_s": t1 - t0,
             "cuda_graphs": e.cuda_graphs and device.type == "cuda",
             "fid_wall_s": time.perf_counter() - t1, "scan_backend": backends.get("scan_backend"),
