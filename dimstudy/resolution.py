@@ -237,6 +237,7 @@ def resolution_study(
     device: str = "auto",
     fid_kwargs: dict | None = None,
     progress: bool = False,
+    cuda_graphs: bool = True,
 ) -> list[dict]:
     """Direct sampling, upsample guidance and a short fine-tune, from the checkpoint `source` at `scale` x its
     resolution, each scored by FID/KID against the dataset at that resolution; returns the rows it appended.
@@ -265,7 +266,7 @@ def resolution_study(
     m = upsample_factor(low.img_size, hi_side)
     schedule = build_schedule(cfg.schedule)
     sample_kw = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, batch_size=batch_size, seed=seed,
-                     device=dev, progress=progress)
+                     device=dev, progress=progress, cuda_graphs=cuda_graphs)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     study = f"{out.name}-{stamp}"
 
@@ -320,6 +321,7 @@ def resolution_study(
             "fid": metrics["fid"], "kid_mean": metrics.get("kid_mean"), "kid_std": metrics.get("kid_std"),
             "reference": metrics["reference"], "feature_extractor": metrics["feature_extractor"],
             "finetune_steps": 0, "sample_s": timings[method], "fid_s": time.perf_counter() - t0,
+            "cuda_graphs": cuda_graphs and dev.type == "cuda",
             "seed": seed, "grid": str(grid_rel), "scan_backend": kernels[method].get("scan_backend"),
             "attn_backend": kernels[method].get("attn_backend"), **extra.get(method, {}), **environment(dev),
         }

@@ -71,16 +71,41 @@ def _jsonable(v):
 
 
 def append_row(table: str, row: dict, root: str | Path | None = None) -> Path:
-    """Append one row to `<root>/<table>.jsonl` under a lock; returns the file."""
+    """Append one row to `<root>/<table>.jsonl` under a lock; returns the file.
+
+    A row is whole or absent: the line goes out in one write, and a line torn by a writer killed mid-write
+    (no newline at the end of the file) is cut off before the next row is appended (readers skip it too).
+    """
     path = Path(root or DEFAULT_ROOT) / f"{table}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(_jsonable(row), sort_keys=False) + "\n"
+    line = (json.dumps(_jsonable(row), sort_keys=False) + "\n").encode("utf-8")
     with FileLock(str(path) + ".lock"):
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
+        with open(path, "a+b") as f:
+            _cut_torn_tail(f)
+            view = memoryview(line)
+            while view:  # os.write may write less than asked (a full disk, a signal): finish the line
+                view = view[os.write(f.fileno(), view):]
             os.fsync(f.fileno())
     return path
+
+
+def _cut_torn_tail(f) -> None:
+    """Truncate an append-mode file back to its last newline when it does not end with one."""
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+        return
+    start = max(0, size - 2**20)  # a torn line is one row: the last MiB holds its start
+    f.seek(start)
+    nl = f.read().rfind(b"\n")
+    if nl < 0 and start > 0:  # (a row longer than that: look through the whole file)
+        start = 0
+        f.seek(0)
+        nl = f.read().rfind(b"\n")
+    keep = start + nl + 1 if nl >= 0 else 0
+    f.truncate(keep)
 
 
 def read_table(table: str, root: str | Path | None = None):
@@ -90,5 +115,10 @@ def read_table(table: str, root: str | Path | None = None):
     path = Path(root or DEFAULT_ROOT) / f"{table}.jsonl"
     if not path.exists():
         return pd.DataFrame()
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a killed writer: not a row
+            continue
     return pd.json_normalize(rows)

@@ -18,14 +18,15 @@ from dimstudy.data import (
     encode_folder,
     float_to_uint8,
     list_datasets,
+    photos,
     save_pngs,
     uint8_to_float,
 )
 
 
 def test_registry_lists_entries_and_rejects_unknown_names():
-    assert list_datasets() == ["cifar10", "digits", "folder", "latents"]
-    with pytest.raises(ValueError, match=r"unknown dataset 'mnist'; valid choices: cifar10, digits, folder, latents"):
+    assert list_datasets() == ["cifar10", "digits", "folder", "latents", "photos"]
+    with pytest.raises(ValueError, match=r"unknown dataset 'mnist'; valid choices: cifar10, digits, folder, latents, photos"):
         build_dataset("mnist", 32)
 
 
@@ -192,3 +193,64 @@ def test_encode_folder_and_decode_with_a_tiny_vae(tmp_path):
     with torch.no_grad():
         expected = vae.encode(x[None]).latent_dist.mean[0] * 0.18215
     torch.testing.assert_close(z[0], expected)
+
+
+# -- photos ---------------------------------------------------------------------------------------------------
+def small_photos(tmp_path, monkeypatch, cache="cache", **kw):
+    """A few dozen crops in a cache of this test's own."""
+    monkeypatch.setenv("DIMSTUDY_CACHE", str(tmp_path / cache))
+    return build_dataset("photos", kw.pop("resolution", 16), num_train=48, num_reference=24, progress=False, **kw)
+
+
+def test_photos_are_deterministic_same_seed_same_bytes(tmp_path, monkeypatch):
+    a = small_photos(tmp_path, monkeypatch, "a")
+    b = small_photos(tmp_path, monkeypatch, "b")  # built again from scratch, in another cache
+    assert a.tag == b.tag and np.array_equal(a.data, b.data)
+    assert (len(a), a.channels, a.resolution, a.num_classes, a.data.dtype) == (48, 3, 16, 0, np.uint8)
+    other = small_photos(tmp_path, monkeypatch, "c", seed=1)
+    assert other.tag != a.tag and not np.array_equal(other.data, a.data)
+    x, label = a[0]
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and label == -1
+    assert torch.equal(float_to_uint8(x), torch.from_numpy(np.array(a.data[0])))
+    assert len({a.data[i].tobytes() for i in range(len(a))}) > 40  # crops, not copies of a few images
+
+
+def test_photos_train_and_reference_are_disjoint(tmp_path, monkeypatch):
+    sizes = [(512, 512), (451, 300), (300, 451), (1000, 872)]
+    train = photos.crop_boxes(sizes, "train", 2000)
+    ref = photos.crop_boxes(sizes, "reference", 500)
+    for boxes, split in ((train, "train"), (ref, "reference")):
+        for k, (w, h) in enumerate(sizes):
+            x0, y0, x1, y1 = photos.regions(w, h)[split]
+            mine = boxes[boxes[:, 0] == k]
+            assert len(mine) > 0 and (mine[:, 1] >= x0).all() and (mine[:, 2] >= y0).all()
+            assert (mine[:, 3] <= x1).all() and (mine[:, 4] <= y1).all()
+            assert set(mine[:, 3] - mine[:, 1]) == set(photos.crop_sides(w, h))  # every scale occurs
+    for w, h in sizes:  # the two regions of a photo do not meet
+        (a0, b0, a1, b1), (c0, d0, c1, d1) = photos.regions(w, h).values()
+        assert a1 <= c0 or b1 <= d0
+    tr = small_photos(tmp_path, monkeypatch)
+    rf = build_dataset("photos", 16, train=False, num_train=48, num_reference=24, progress=False)
+    assert (len(rf), rf.split.split(".")[0]) == (24, "reference") and tr.tag != rf.tag
+    assert not {tr.data[i].tobytes() for i in range(len(tr))} & {rf.data[i].tobytes() for i in range(len(rf))}
+
+
+def test_photos_work_offline_from_the_wheels_or_an_exported_folder(tmp_path, monkeypatch):
+    import socket
+
+    def no_network(*a, **k):
+        raise OSError("network use in an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setenv("DIMSTUDY_OFFLINE", "1")
+    wheels = small_photos(tmp_path, monkeypatch, "w")
+    folder = photos.export(tmp_path / "exported")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([p.name for p in photos.PHOTOS] + ["LICENSES.md"])
+    assert "CC BY 2.0" in (folder / "LICENSES.md").read_text()
+    copied = small_photos(tmp_path, monkeypatch, "f", data_dir=folder)
+    assert copied.tag == wheels.tag and np.array_equal(copied.data, wheels.data)  # the same files, the same crops
+    (folder / "chelsea.png").unlink()
+    with pytest.raises(DatasetUnavailableError, match=r"photos: chelsea.png \(scikit-image\) not found in .*--data-dir"):
+        small_photos(tmp_path, monkeypatch, "g", data_dir=folder)
+    with pytest.raises(ValueError, match="photos has no classes"):
+        build_dataset("photos", 16, class_labels=True)

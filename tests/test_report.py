@@ -14,9 +14,10 @@ from dimstudy.results import append_row
 from dimstudy.study.grid import make_variant
 from dimstudy.study.rows import read_runs, write_row
 
-FIDS = {  # drops -> FID per seed; mean ± std: full 11 ± 1, -PT 21 ± sqrt(2), -MS 30 (one seed)
+FIDS = {  # drops -> FID per seed; mean ± std: full 11 ± 1, -LFE 12 ± 1, -PT 21 ± 1, -MS 30 (one seed)
     (): [10.0, 11.0, 12.0],
-    ("padding_tokens",): [20.0, 22.0],
+    ("local_conv",): [11.0, 12.0, 13.0],
+    ("padding_tokens",): [20.0, 21.0, 22.0],
     ("multi_scan",): [30.0],
     ("long_skip", "padding_tokens"): [40.0],  # not a row of the paper's
 }
@@ -56,28 +57,38 @@ def results(tmp_path) -> Path:
 
 def test_ablation_table_has_the_papers_layout_and_known_mean_and_std(results):
     t = tables.ablation_table(read_runs(results, "syn"))
-    assert list(t["variant"]) == ["full", "−PT", "−MS", "−LSC−PT"]  # the paper's order first, then the rest
-    assert list(t["fid_mean"]) == [11.0, 21.0, 30.0, 40.0] and list(t["seeds"]) == [3, 2, 1, 1]
-    assert t["fid_std"][0] == pytest.approx(1.0) and t["fid_std"][1] == pytest.approx(math.sqrt(2))
-    assert math.isnan(t["fid_std"][2])
+    assert list(t["variant"]) == ["full", "−LFE", "−PT", "−MS", "−LSC−PT"]  # the paper's order first, then the rest
+    assert list(t["fid_mean"]) == [11.0, 12.0, 21.0, 30.0, 40.0] and list(t["seeds"]) == [3, 3, 3, 1, 1]
+    assert list(t["fid_std"][:3]) == pytest.approx([1.0, 1.0, 1.0]) and math.isnan(t["fid_std"][3])
     paper = t["paper FID (Tab. 4)"]
-    assert list(paper[:3]) == [2.92, 2.94, 17.60] and math.isnan(paper[3])
-    assert [list(t.loc[i, ["MS", "LSC", "PT", "LFE"]]) for i in range(2)] == [[True] * 4, [True, True, False, True]]
+    assert list(paper[:4]) == [2.92, 3.07, 2.94, 17.60] and math.isnan(paper[4])
+    assert [list(t.loc[i, ["MS", "LSC", "PT", "LFE"]]) for i in (0, 2)] == [[True] * 4, [True, True, False, True]]
 
-    # the difference to the full model, and whether the seed ranges meet: -PT [20, 22] vs full [10, 11, 12]
-    assert list(t["fid_delta"][1:]) == [10.0, 19.0, 29.0] and math.isnan(t["fid_delta"][0])
-    assert list(t["seeds_apart"]) == [None, True, None, None]  # -MS and -LSC-PT have one seed: no verdict
+    # Welch by hand: 3 seeds a side with equal variance 1 give se = sqrt(1/3 + 1/3) and df = 4 exactly;
+    # t(0.975, 4) = 2.776445 (any t table), so the half-width is 2.776445 * sqrt(2/3) = 2.266966.
+    half = 2.776445 * math.sqrt(2 / 3)
+    assert list(t["fid_delta"][1:]) == [1.0, 10.0, 19.0, 29.0] and math.isnan(t["fid_delta"][0])
+    assert t["fid_delta_df"][1] == pytest.approx(4.0) and t["fid_delta_df"][2] == pytest.approx(4.0)
+    assert [t["fid_delta_lo"][1], t["fid_delta_hi"][1]] == pytest.approx([1 - half, 1 + half], abs=1e-5)
+    assert [t["fid_delta_lo"][2], t["fid_delta_hi"][2]] == pytest.approx([10 - half, 10 + half], abs=1e-5)
+    assert list(t["verdict"]) == [None, "not distinguishable", "worse", None, None]  # one seed: no verdict
 
     shown = tables.display(t, "FID (ours, 200 samples)")
-    assert list(shown["Δ FID vs full"]) == ["", "+10.00 (seeds apart)", "+19.00", "+29.00"]
+    delta = shown["Δ FID vs full (95% CI)"]
+    assert list(delta) == ["", "+1.00 [−1.27, +3.27] not distinguishable", "+10.00 [+7.73, +12.27] worse",
+                           "one seed: cannot be told apart", "one seed: cannot be told apart"]
     assert list(shown.columns[:5]) == ["MS", "LSC", "PT", "LFE", "variant"]
-    assert list(shown["FID (ours, 200 samples)"]) == ["11.00 ± 1.00", "21.00 ± 1.41", "30.00", "40.00"]
-    assert list(shown["paper FID (Tab. 4)"]) == ["2.92", "2.94", "17.60", "—"]
+    assert list(shown["FID (ours, 200 samples)"]) == ["11.00 ± 1.00", "12.00 ± 1.00", "21.00 ± 1.00", "30.00", "40.00"]
+    assert list(shown["paper FID (Tab. 4)"]) == ["2.92", "3.07", "2.94", "17.60", "—"]
     md = tables.markdown(shown)
-    assert "| ✓ | ✓ | ✓ | ✓ | full | 11.00 ± 1.00 | 3 |" in md and "| ✓ | ✓ |  | ✓ | −PT | 21.00 ± 1.41 | 2 |" in md
+    assert "| ✓ | ✓ | ✓ | ✓ | full | 11.00 ± 1.00 | 3 |" in md and "| ✓ | ✓ |  | ✓ | −PT | 21.00 ± 1.00 | 3 |" in md
     tex = tables.latex(shown, "Tab. 4", "tab:x")
     assert r"\toprule" in tex and r"\checkmark & \checkmark" in tex and r"11.00 $\pm$ 1.00" in tex
-    assert "paper FID (Tab. 4)" in tex and r"$-$PT" in tex
+    assert "paper FID (Tab. 4)" in tex and r"$-$PT" in tex and "not distinguishable" in tex
+    claim = tables.ordering_claim(t)
+    assert "Distinguishably worse than full: −PT (+10.0)." in claim and "Not distinguishable from full: −LFE." in claim
+    assert "One seed, so not told apart from full: −MS, −LSC−PT." in claim
+    assert "Fewer than two rows are distinguishably worse, so no order" in claim
 
 
 def test_scan_table_reuses_the_shared_networks(results):
@@ -87,18 +98,68 @@ def test_scan_table_reuses_the_shared_networks(results):
     assert list(t["paper FID (Tab. 6)"]) == [2.92, 2.91, 17.60]
     shown = tables.display(t)
     assert list(shown["Scanning patterns"]) == ["①②③④ (1234)", "①② (12)", "① (1)"]
-    assert list(shown["Δ FID vs 1234"]) == ["", "+5.00 (seeds apart)", "+19.00"]
+    assert list(shown["Δ FID vs 1234 (95% CI)"])[2] == "one seed: cannot be told apart"
     assert r"\textcircled{1}\textcircled{2}" in tables.latex(shown)
 
 
-@pytest.mark.parametrize("values, reference, apart", [
-    ([20.0, 22.0], [10.0, 12.0], True), ([1.0, 2.0], [10.0, 12.0], True),  # worse, or better, in every seed
-    ([11.0, 30.0], [10.0, 12.0], False), ([12.0, 13.0], [10.0, 12.0], False),  # ranges meet (a tie counts)
-    ([20.0], [10.0, 12.0], None), ([20.0, 21.0], [10.0], None),  # one seed shows no noise
+@pytest.mark.parametrize("values, reference, expected", [
+    # equal n and variance: df = 2 (n - 1); t(0.975, 2) = 4.302653, t(0.975, 4) = 2.776445 (tables)
+    ([20.0, 22.0], [10.0, 12.0], (10 - 4.302653 * math.sqrt(2), 10 + 4.302653 * math.sqrt(2), 2.0)),
+    ([1.0, 2.0, 3.0], [2.0, 3.0, 4.0], (-1 - 2.776445 * math.sqrt(2 / 3), -1 + 2.776445 * math.sqrt(2 / 3), 4.0)),
+    # unequal: va = 9/3 = 3, vb = 0.5/2 = 0.25; df = 3.25^2 / (3^2/2 + 0.25^2/1) = 10.5625 / 4.5625
+    ([10.0, 13.0, 16.0], [0.0, 1.0], None),
+    ([20.0], [10.0, 12.0], None), ([20.0, 21.0], [10.0], None),  # one seed shows no noise: no interval
 ])
-def test_seeds_apart(values, reference, apart):
-    assert tables.seeds_apart(values, reference) is apart
-    assert tables.delta_cell(5.0, apart) == "+5.00" + {True: " (seeds apart)", False: " (seeds overlap)", None: ""}[apart]
+def test_welch_interval_equals_the_hand_computed_one(values, reference, expected):
+    ci = tables.welch_ci(values, reference)
+    if len(values) < 2 or len(reference) < 2:
+        assert ci is None and tables.verdict(ci) is None
+        return
+    if expected is None:  # the unequal case: check df by hand, the interval by its definition
+        from scipy import stats
+
+        df = 3.25**2 / (3**2 / 2 + 0.25**2 / 1)
+        expected = (12.5 - stats.t.ppf(0.975, df) * math.sqrt(3.25), 12.5 + stats.t.ppf(0.975, df) * math.sqrt(3.25), df)
+    assert ci == pytest.approx(expected, abs=1e-5)
+    lo, hi, _ = ci
+    assert tables.verdict(ci) == ("worse" if lo > 0 else "better" if hi < 0 else "not distinguishable")
+
+
+def test_fid_noise_from_two_halves_and_the_table_column(results):
+    assert tables.fid_noise([10.0, 20.0], [12.0, 16.0]) == pytest.approx(math.sqrt((4 + 16) / 2) / 2)
+    assert math.isnan(tables.fid_noise([math.nan], [math.nan]))
+    df = read_runs(results, "syn")
+    t = tables.ablation_table(df)
+    assert t["fid_noise"].isna().all() and "FID noise" not in tables.display(t)  # old rows: no halves, no column
+    df["fid_half_a"], df["fid_half_b"] = df["fid"] + 1.0, df["fid"] - 1.0  # |a - b| = 2 for every run
+    t = tables.ablation_table(df)
+    assert list(t["fid_noise"]) == pytest.approx([1.0] * 5) and list(tables.display(t)["FID noise"])[0] == "± 1.00"
+    assert "two disjoint halves" in tables.table_note(t)
+
+
+def _table(fids: dict) -> pd.DataFrame:
+    rows = [{"study": "o", "kind": "grid", "key": f"{make_variant(d).key}/seed{s}", "variant": make_variant(d).label,
+             "variant_key": make_variant(d).key, "seed": s, "status": "ok", **make_variant(d).components,
+             "scan_patterns": make_variant(d).patterns, "fid": f, "final_loss": 0.1, "params_m": 1.0, "gflops": 1.0}
+            for d, values in fids.items() for s, f in enumerate(values)]
+    return tables.ablation_table(pd.DataFrame(rows))
+
+
+def test_the_ordering_claim_is_computed_from_the_distinguishable_rows():
+    full = [10.0, 11.0, 12.0]
+    same = _table({(): full, ("long_skip",): [15.0, 16.0, 17.0], ("multi_scan",): [30.0, 31.0, 32.0],
+                   ("padding_tokens",): [10.5, 11.5, 12.5]})
+    claim = tables.ordering_claim(same)
+    assert "Distinguishably worse than full: −MS (+20.0), −LSC (+5.0)." in claim
+    assert "Their order by damage, −MS > −LSC, matches the paper's for the same rows (−MS (17.60) > −LSC (6.23))." in claim
+    assert "Not distinguishable from full: −PT." in claim and "not settled" not in claim
+    swapped = tables.ordering_claim(_table({(): full, ("long_skip",): [30.0, 31.0, 32.0], ("multi_scan",): [15.0, 16.0, 17.0]}))
+    assert "Their order by damage, −LSC > −MS, does not match the paper's" in swapped
+    close = tables.ordering_claim(_table({(): full, ("long_skip",): [20.0, 21.0, 22.0], ("multi_scan",): [20.5, 21.5, 22.5]}))
+    assert "matches the paper's" in close and "−MS vs −LSC, so their places are not settled" in close
+    one = _table({(): [10.0], ("multi_scan",): [30.0], ("long_skip",): [20.0]})
+    assert tables.ordering_claim(one) == "" and "no row can be told apart" in tables.table_note(one)
+    assert set(tables.display(one)["Δ FID vs full (95% CI)"][1:]) == {"one seed: cannot be told apart"}
 
 
 def test_a_table_without_the_full_model_has_no_difference_column(results):
@@ -106,6 +167,7 @@ def test_a_table_without_the_full_model_has_no_difference_column(results):
     t = tables.ablation_table(df[df["variant_key"] != make_variant(()).key])
     assert t["fid_delta"].isna().all()
     assert not any(c.startswith("Δ FID") for c in tables.display(t).columns)
+    assert tables.table_note(t) == "" and tables.ordering_claim(t) == ""
 
 
 def test_report_writes_tables_plots_and_says_what_the_numbers_are(results):
@@ -118,12 +180,16 @@ def test_report_writes_tables_plots_and_says_what_the_numbers_are(results):
     for png in ("fid_tab4.png", "fid_tab6.png", "loss_curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     csv = pd.read_csv(out / "tab4_ablation.csv")
-    assert list(csv["fid_mean"]) == [11.0, 21.0, 30.0, 40.0] and csv["fid_std"][0] == pytest.approx(1.0)
+    assert list(csv["fid_mean"]) == [11.0, 12.0, 21.0, 30.0, 40.0] and csv["fid_std"][0] == pytest.approx(1.0)
+    assert list(csv["verdict"].fillna("")) == ["", "not distinguishable", "worse", "", ""]
     assert csv["fid_values"][0] == "10;11;12" and csv["paper FID (Tab. 4)"][0] == 2.92
     text = path.read_text()
     assert "**200 samples**" in text and "250 steps" in text and "preset: smoke" in text and "ran on: cpu" in text
     assert "FID (ours, 200 samples)" in text and "paper FID (Tab. 4)" in text and "paper FID (Tab. 6)" in text
     assert "out of memory" in text  # the failed trial is listed
+    assert "Welch's t" in text and "Distinguishably worse than full: −PT (+10.0)." in text
+    assert "not distinguishable" in (out / "tab4_ablation.md").read_text()
+    assert "not distinguishable" in (out / "tab4_ablation.tex").read_text()
     sizes = pd.read_csv(out / "tab1_sizes.csv")
     assert list(sizes["model"]) == ["dim_s_2", "dim_l_2", "dim_h_2"] and list(sizes["paper GFLOPs (Tab. 1)"]) == [12, 94, 210]
     assert "The networks this study trained" in text

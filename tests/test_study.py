@@ -247,6 +247,7 @@ def test_real_trials_resume_training_and_write_well_formed_rows(real_study):
     assert r["scan_backend"].startswith(("torch", "ref")) and r["git_sha"] and r["torch"] == torch.__version__
     assert (r["config.train.steps"], r["config.eval.num_samples"], r["preset"], r["study"]) == (4, 8, "smoke", "real")
     assert r["device"] == "cpu" and r["wall_s"] > 0 and r["sample_steps"] == 2
+    assert math.isfinite(r["fid_half_a"]) and math.isfinite(r["fid_half_b"]) and not r["cuda_graphs"]
     study_dir = Path(cfg.study_dir)
     assert (study_dir / r["loss_curve"]).is_file() and (study_dir / r["grid"]).is_file()
     assert len(pd.read_csv(study_dir / r["loss_curve"])) == 4  # every step of the resumed run's log
@@ -259,6 +260,102 @@ def test_rerunning_a_finished_study_redoes_nothing(real_study):
                    trial_fn=lambda t, c: pytest.fail("a finished trial ran again"))
     assert out["counts"] == {"complete": 1}
     assert run_worker("real", None, cfg.results_dir, trial_fn=lambda t, c: pytest.fail("ran again"), log=lambda s: None) == 0
+
+
+def test_a_study_resumes_from_its_committed_rows_with_a_fresh_database(real_study):
+    """A later GPU slot: the rows are committed, the Optuna database is gone. Nothing runs twice."""
+    cfg, _ = real_study
+    v = make_variant(["padding_tokens"])
+    ckpt = Path(cfg.runs_dir) / "real" / f"{v.key}-seed0" / "latest.pt"
+    before = (len(read_runs(cfg.results_dir, "real")), ckpt.stat().st_mtime_ns)
+    db = Path(cfg.study_dir) / "optuna.db"
+    db.unlink()
+    messages = []
+    out = run_grid(cfg, [v], report=False, log=messages.append, trial_fn=lambda t, c: pytest.fail("ran again"))
+    assert out["counts"] == {} and any("1 done (1 of them committed in" in m for m in messages)
+    # A database that still has the cell waiting (enqueued before the row was committed): the real trial
+    # function finds the row and returns its FID without training, sampling or writing a row.
+    db.unlink()
+    study = runner.open_study(cfg)
+    runner.enqueue_grid(study, [v], cfg.seeds)
+    assert run_worker("real", None, cfg.results_dir, log=messages.append) == 1
+    assert any("not run again" in m for m in messages)
+    assert (len(read_runs(cfg.results_dir, "real")), ckpt.stat().st_mtime_ns) == before
+    # The same cell under another seed, or another budget, is not done: another seed is a new cell, and
+    # rows of other result-defining settings are refused rather than mixed into one table.
+    from dimstudy.study.cells import cells
+
+    assert [c["row"] is not None for c in cells(cfg, [v], [0, 1])] == [True, False]
+    other = load_study_config("smoke", {**cfg.to_dict(), "train": {**cfg.train.to_dict(), "steps": 5}})
+    with pytest.raises(ValueError, match=r"runs.jsonl holds rows made with other settings \(train.steps: 4 -> 5\)"):
+        run_grid(other, [v], report=False, log=lambda s: None, trial_fn=lambda t, c: pytest.fail("ran"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_an_interrupted_trial_leaves_no_row(tmp_path, sig):
+    cfg = make_cfg(tmp_path, name="intr", workers=1, **{**TINY, "train": {**TINY["train"], "steps": 100_000}})
+    code = ("import json, sys; from dimstudy.study.config import StudyConfig; from dimstudy.study.run import run_grid; "
+            "from dimstudy.study import make_variant; cfg = StudyConfig.from_dict(json.loads(sys.argv[1])); "
+            "run_grid(cfg, [make_variant(())], report=False)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DIMSTUDY_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg.to_dict())], env=env, cwd=tmp_path)
+    log = Path(cfg.runs_dir) / "intr" / f"{make_variant(()).key}-seed0" / "loss.jsonl"
+    t0 = time.time()
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3) and time.time() - t0 < 120:
+        time.sleep(0.1)
+    assert log.exists(), "the trial never started training"
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) != 0
+    assert read_runs(cfg.results_dir, "intr").empty  # neither a row nor a torn one
+    assert not (Path(cfg.study_dir) / "runs.jsonl").exists()
+    states = keys_by_state(runner.open_study(cfg))
+    # SIGTERM: the worker re-queues its trial itself; SIGKILL: it stays RUNNING until the next run reaps it.
+    assert states.get(TrialState.WAITING if sig == signal.SIGTERM else TrialState.RUNNING) == [runner.grid_key(make_variant(()), 0)]
+
+
+def test_a_row_torn_by_a_killed_writer_is_never_read_and_is_cut_before_the_next(tmp_path):
+    write_row({"study": "t", "key": "a", "fid": 1.0}, tmp_path / "t")
+    with open(tmp_path / "t" / "runs.jsonl", "ab") as f:
+        f.write(b'{"study": "t", "key": "torn", "fi')  # killed mid-line
+    assert list(read_runs(tmp_path, "t")["key"]) == ["a"]
+    write_row({"study": "t", "key": "b", "fid": 2.0}, tmp_path / "t")
+    lines = (tmp_path / "t" / "runs.jsonl").read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == ["a", "b"]
+
+
+def test_machine_shares_divide_time_among_trials_that_ran_side_by_side():
+    from dimstudy.study.cells import machine_shares
+
+    rows = pd.DataFrame({  # two trials side by side on one host for their whole 100 s, one alone elsewhere,
+        "timestamp": ["2026-01-01T00:01:40+00:00", "2026-01-01T00:01:40+00:00", "2026-01-01T00:01:40+00:00",
+                      "2026-01-01T00:03:20+00:00"],  # and one on the first host after them, overlapping half
+        "wall_s": [100.0, 100.0, 100.0, 150.0], "host": ["a", "a", "b", "a"]})
+    # the fourth ran 00:00:50-00:03:20: it shares 50 s with the two (a third each), then 100 s alone
+    assert list(machine_shares(rows)) == pytest.approx([50 / 3 + 50 / 2, 50 / 3 + 50 / 2, 100.0, 50 / 3 + 100])
+    assert machine_shares(rows).iloc[:2].sum() + machine_shares(rows).iloc[3] == pytest.approx(200.0)  # busy time
+
+
+def test_status_shows_done_and_remaining_cells_and_the_minutes_left(tmp_path, cli):
+    from dimstudy.study.cells import cell_train_config
+
+    cfg = make_cfg(tmp_path, name="st", seeds=[0, 1])
+    for i, v in enumerate(ablation_variants(["local_conv"])):  # full and -LFE done for seed 0, 60 s each alone
+        tcfg = cell_train_config(cfg, v.model_kwargs, 0, "somewhere")
+        write_row({"study": "st", "kind": "grid", "key": f"{v.key}/seed0", "variant": v.label, "variant_key": v.key,
+                   "seed": 0, "status": "ok", "fid": 10.0 + i, "wall_s": 60.0, "host": "h",
+                   "timestamp": f"2026-01-01T00:0{2 * i + 1}:00+00:00",
+                   "config": {"train": tcfg.to_dict(), "eval": cfg.eval.__dict__}}, cfg.study_dir)
+    save_path = Path(cfg.study_dir) / "study.toml"
+    from dimstudy.study.config import save_study_config
+
+    save_study_config(load_study_config("smoke", {"name": "st", "drop": ["local_conv"], "patterns": ["1234"],
+                                                  "seeds": [0, 1]}), save_path)
+    runner_, app = cli
+    res = runner_.invoke(app, ["status", "--study", "st", "--results", cfg.results_dir])
+    assert res.exit_code == 0, res.output
+    assert "| full | FID 10.00 | — |" in res.output and "| -LFE | FID 11.00 | — |" in res.output
+    assert "2 of 4 cells done" in res.output and "remaining: full seed 1, -LFE seed 1" in res.output
+    assert "estimated 2 GPU-minutes to finish (1.0 min" in res.output
 
 
 def test_concurrent_appends_lose_nothing(tmp_path):
@@ -288,6 +385,9 @@ def test_presets_load_and_flags_override():
         ("euler_maruyama", 1000, 50_000, "train")
     gpu = load_study_config("gpu-small")
     assert gpu.train.precision == "bf16" and gpu.seeds == [0, 1] and gpu.workers > 1
+    photos = load_study_config("gpu-photos")  # the GPU study on natural images: held-out reference crops, 3 seeds
+    assert (photos.train.dataset, photos.eval.reference_split, photos.seeds) == ("photos", "test", [0, 1, 2])
+    assert "5678" in photos.patterns and photos.train.device == "cuda"
 
     cfg = study_cli.study_config("smoke", {"seeds": [0, 1], "train": {"steps": 7, "lr": None}},
                                  ["train.weight_decay=0", "eval.kid=false", "train.model_kwargs.d_state=8"])
@@ -318,12 +418,13 @@ def cli():
 @pytest.mark.parametrize("args, message", [
     (["ablate", "--preset", "smoke", "--drop", "padding_token"],
      "error: unknown component 'padding_token'; valid choices: each, multi_scan, long_skip, padding_tokens, local_conv"),
-    (["ablate", "--preset", "nope"], "error: unknown preset 'nope'; valid choices: gpu-small, paper, smoke"),
+    (["ablate", "--preset", "nope"], "error: unknown preset 'nope'; valid choices: gpu-photos, gpu-small, paper, smoke"),
     (["scan-study", "--preset", "smoke", "--patterns", "1239"], "error: unknown scan pattern '9'; valid patterns: 1=row"),
     (["ablate", "--preset", "smoke", "--model", "uvit_tiny_2"], "error: ablations switch DiM's designs, but 'uvit_tiny_2'"),
     (["sweep", "--preset", "smoke", "--space", "lrr=1:2"], "error: unknown sweep parameter 'lrr'"),
     (["worker", "--study", "missing"], "error: no study 'missing'"),
     (["report", "--study", "missing"], "error: no rows for study 'missing'"),
+    (["status", "--study", "missing"], "error: no study 'missing': results/missing/study.toml does not exist"),
 ])
 def test_cli_errors_are_one_line(cli, tmp_path, monkeypatch, args, message):
     runner_, app = cli

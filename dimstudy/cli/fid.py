@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     @friendly
     def fid(
         samples: Annotated[Path, typer.Argument(help="Folder of sample images (PNG), e.g. from `dimstudy sample`.")],
-        dataset: Annotated[str, typer.Option(help="Reference dataset (digits, cifar10, folder, ...).")] = "cifar10",
+        dataset: Annotated[str, typer.Option(help="Reference dataset (digits, photos, cifar10, folder, ...).")] = "cifar10",
         data_dir: Annotated[Path | None, typer.Option(help="Local copy of the dataset (folder dataset: the image folder).")] = None,
         resolution: Annotated[int | None, typer.Option(help="Reference resolution (default: the dataset's).")] = None,
         num_samples: Annotated[int | None, typer.Option("--num-samples", "-n", help="Score the first N samples (default all).")] = None,

@@ -96,6 +96,8 @@ def register(app: typer.Typer) -> None:
         fid_weights: Annotated[Path | None, typer.Option(help="Inception weights file (torch-fidelity format).")] = None,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
         progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+        cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs", help="On CUDA, replay the "
+                                                  "network from CUDA graphs while sampling; no effect on the CPU.")] = True,
     ):
         """Compare, at m x the checkpoint's resolution: direct sampling, upsample guidance (Eq. 4) and a short
         weak-to-strong fine-tune, by FID/KID against the data at that resolution.
@@ -113,7 +115,8 @@ def register(app: typer.Typer) -> None:
                          finetune_steps=ft_steps, finetune_overrides=ft, num_reference=num_reference,
                          out_dir=out or Path("runs/resolution") / f"{_run_name(from_)}-x{scale}", results_dir=results,
                          seed=seed, batch_size=batch_size, device=device,
-                         fid_kwargs={"fid_weights": fid_weights} if fid_weights else None, progress=progress)
+                         fid_kwargs={"fid_weights": fid_weights} if fid_weights else None, progress=progress,
+                         cuda_graphs=cuda_graphs)
         for r in rows:
             kid = f"  KID {r['kid_mean']:.4f}" if r.get("kid_mean") is not None else ""
             typer.echo(f"{r['method']:>18}  {r['train_resolution']} -> {r['resolution']} px  FID {r['fid']:.2f}{kid}"

@@ -39,6 +39,9 @@ def register(app: typer.Typer) -> None:
                                                         "needs a whole scale m >= 2.")] = False,
         ug_theta: Annotated[float, typer.Option(help="Upsample-guidance weight theta.")] = 1.0,
         ug_eta: Annotated[float, typer.Option(help="Guided fraction eta of the trajectory (the noisiest).")] = 0.3,
+        cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs", help="On CUDA, replay the "
+                                                  "network from CUDA graphs (one per batch shape); no effect on "
+                                                  "the CPU.")] = True,
     ):
         """Sample images from a trained checkpoint.
 
@@ -76,11 +79,12 @@ def register(app: typer.Typer) -> None:
             upsample = dict(m=upsample_factor(model.img_size, side), theta=ug_theta, eta=ug_eta)
         x = draw_samples(model, build_schedule(cfg.schedule), n, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                          labels=y, batch_size=batch_size, seed=seed, device=dev, progress=progress, img_size=side,
-                         upsample=upsample)
+                         upsample=upsample, cuda_graphs=cuda_graphs)
         save_pngs(x, out / "images")
         save_grid(x, out / "grid.png")
         meta = dict(ckpt=str(ckpt), model=cfg.model, ema=ema, n=n, sampler=sampler, steps=steps,
                     cfg_scale=cfg_scale, seed=seed, labels=labels, schedule=cfg.schedule,
-                    trained_size=model.img_size, size=side, upsample_guidance=upsample)
+                    trained_size=model.img_size, size=side, upsample_guidance=upsample,
+                    cuda_graphs=cuda_graphs and dev.type == "cuda")
         (out / "sample.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         typer.echo(f"wrote {n} images ({side}x{side}) to {out / 'images'} and the grid {out / 'grid.png'}")

@@ -15,7 +15,7 @@ import typer
 from dimstudy.cli.common import friendly, split_list
 
 # -- options shared by ablate, scan-study and sweep (each maps to one StudyConfig field) ---------------------
-Preset = Annotated[str | None, typer.Option(help="Study preset: smoke, gpu-small, paper (experiments/studies/), or a .toml path.")]
+Preset = Annotated[str | None, typer.Option(help="Study preset: smoke, gpu-small, gpu-photos, paper (experiments/studies/), or a .toml path.")]
 StudyName = Annotated[str | None, typer.Option("--study", help="Study name (default: the preset's name); results go to RESULTS/NAME/.")]
 Seeds = Annotated[str | None, typer.Option(help="Seeds, comma-separated, e.g. 0,1: every variant runs once per seed.")]
 Results = Annotated[str | None, typer.Option("--results", help="Results root (rows, report, default storage).")]
@@ -27,7 +27,7 @@ Workers = Annotated[int | None, typer.Option(help="Local worker processes pullin
 Nproc = Annotated[int | None, typer.Option(help="GPUs per trial: >1 trains through torchrun --nproc_per_node N.")]
 Threads = Annotated[int | None, typer.Option(help="torch CPU threads per worker (default: cores // workers).")]
 Model = Annotated[str | None, typer.Option(help="Registered model, e.g. dim_s_2.")]
-Dataset = Annotated[str | None, typer.Option(help="Training data: digits (offline), cifar10, folder, latents.")]
+Dataset = Annotated[str | None, typer.Option(help="Training data: digits, photos (both offline), cifar10, folder, latents.")]
 DataDir = Annotated[str | None, typer.Option(help="Where the dataset lives.")]
 Resolution = Annotated[int | None, typer.Option(help="Image side in pixels.")]
 Steps = Annotated[int | None, typer.Option(help="Training steps per trial.")]
@@ -43,6 +43,8 @@ ScanBackend = Annotated[str | None, typer.Option(help="Selective-scan kernel: au
 NumSamples = Annotated[int | None, typer.Option(help="Samples per FID.")]
 Sampler = Annotated[str | None, typer.Option(help="Diffusion sampler for FID: dpm_solver, dpm_solver++, ddim, euler_maruyama.")]
 SampleSteps = Annotated[int | None, typer.Option(help="Sampler steps.")]
+CudaGraphs = Annotated[bool | None, typer.Option("--cuda-graphs/--no-cuda-graphs", help="On CUDA, sample for FID "
+                                                 "with the network replayed from CUDA graphs (default on).")]
 Reference = Annotated[str | None, typer.Option(help="FID reference: dataset name or image folder (default: the training data).")]
 NumReference = Annotated[int | None, typer.Option(help="Reference images (default: all).")]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Any StudyConfig field as KEY=VALUE (TOML value), dotted for "
@@ -65,7 +67,7 @@ def _study_options(
     steps: Steps = None, batch_size: BatchSize = None, lr: Lr = None, warmup_steps: Warmup = None,
     ema_decay: Ema = None, ema_warmup: EmaWarmup = None, precision: Precision = None, device: Device = None,
     scan_backend: ScanBackend = None, num_samples: NumSamples = None, sampler: Sampler = None,
-    sample_steps: SampleSteps = None, reference: Reference = None, num_reference: NumReference = None, set_: Sets = None, report: Report = True,
+    sample_steps: SampleSteps = None, cuda_graphs: CudaGraphs = None, reference: Reference = None, num_reference: NumReference = None, set_: Sets = None, report: Report = True,
 ) -> None:
     """The options of every study command (ablate, scan-study, sweep); `with_study_options` adds them."""
 
@@ -95,6 +97,7 @@ def study_overrides(opts: dict) -> dict:
                                        "warmup_steps", "ema_decay", "ema_warmup", "precision", "device")},
                   "model_kwargs": {"scan_backend": o["scan_backend"]} if o["scan_backend"] else None},
         "eval": {"num_samples": o["num_samples"], "sampler": o["sampler"], "steps": o["sample_steps"],
+                 "cuda_graphs": o["cuda_graphs"],
                  "reference": o["reference"], "num_reference": o["num_reference"]},
     }
 
@@ -221,6 +224,47 @@ def register(app: typer.Typer) -> None:
 
         n = run_worker(study, storage, results, threads=threads, device=device, max_trials=max_trials, wait=wait)
         typer.echo(f"worker done: ran {n} trial(s) of study {study!r}")
+
+    @app.command("status")
+    @friendly
+    def status_cmd(
+        study: Annotated[str, typer.Option("--study", help="Study name: RESULTS/NAME/ holds its rows and study.toml.")],
+        results: Annotated[str, typer.Option("--results", help="Results root.")] = "results",
+        preset: Annotated[str | None, typer.Option(help="Take the grid and settings from this preset instead of "
+                                                   "RESULTS/NAME/study.toml (before the study's first run).")] = None,
+        seeds: Seeds = None,
+    ):
+        """Which (variant, seed) cells of a grid study have a committed row, which remain, and the estimated
+        GPU-minutes to finish them (from the measured trial times in the rows).
+
+        The grid is Tab. 4 from the study's `drop` plus Tab. 6 from its `patterns`.
+
+        Example: dimstudy status --study gpu-photos --seeds 0,1,2
+        """
+        from dimstudy.report.speed import markdown_table
+        from dimstudy.study.cells import status_table
+        from dimstudy.study.config import load_study_config
+        from dimstudy.study.grid import ablation_variants, scan_variants
+
+        saved = Path(results) / study / "study.toml"
+        if preset is None and not saved.is_file():
+            raise FileNotFoundError(f"no study {study!r}: {saved} does not exist (give --preset for a study that has "
+                                    "not run yet)")
+        over = {"name": study, "results_dir": results, "seeds": [int(s) for s in split_list(seeds)] or None}
+        cfg = load_study_config(preset or saved, over)
+        variants: dict = {}
+        for v in [*ablation_variants(cfg.drop), *scan_variants(cfg.patterns)]:
+            variants.setdefault(v.key, v)  # Tab. 4's name for the networks both tables share: full, -MS
+        variants = list(variants.values())
+        table, summary = status_table(cfg, variants, cfg.seeds)
+        typer.echo(markdown_table(table))
+        per = summary["minutes_per_trial"]
+        typer.echo(f"\n{summary['done']} of {summary['cells']} cells done ({cfg.study_dir / 'runs.jsonl'}); "
+                   f"{len(summary['remaining'])} remaining" + (": " + ", ".join(summary["remaining"]) if summary["remaining"] else ""))
+        if summary["remaining"]:
+            typer.echo(f"estimated {summary['minutes_left']:.0f} GPU-minutes to finish "
+                       f"({per:.1f} min of the machine per trial, as measured in the rows, trials side by side counted "
+                       "as they shared it)" if per == per else "no finished trial yet to estimate the time from")
 
     @app.command("report")
     @friendly

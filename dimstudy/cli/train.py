@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
     def train(
         preset: Annotated[Path | None, typer.Option(help="TOML experiment file; its keys are TrainConfig fields.")] = None,
         model: Annotated[str | None, typer.Option(help="Registered model, e.g. dim_s_2 (see `dimstudy models`).")] = None,
-        dataset: Annotated[str | None, typer.Option(help="digits (offline), cifar10, folder or latents.")] = None,
+        dataset: Annotated[str | None, typer.Option(help="digits or photos (both offline), cifar10, folder or latents.")] = None,
         data_dir: Annotated[str | None, typer.Option(help="Where the dataset lives (folder/latents need it).")] = None,
         resolution: Annotated[int | None, typer.Option(help="Image side in pixels.")] = None,
         class_cond: Annotated[bool | None, typer.Option("--class-cond/--uncond", help="Train with class labels (CFG).")] = None,

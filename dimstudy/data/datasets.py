@@ -5,6 +5,9 @@
 - `digits`  scikit-learn's bundled 8x8 handwritten digits (1797 real images, no network): the offline
             default, upscaled to the requested resolution and replicated to 3 channels so CIFAR-shaped
             models run unchanged.
+- `photos`  crops of the seven colour photographs bundled in scikit-image's and scikit-learn's wheels (no
+            network; public domain, CC0 and CC BY 2.0, see `dimstudy.data.photos`): 50,000 training crops at
+            several scales and 10,000 reference crops (`train=False`) from a held-out quarter of each photo.
 - `cifar10` CIFAR-10 in torchvision's standard `cifar-10-batches-py` layout, downloaded when online.
 - `folder`  any folder of images (recursive), shorter side resized and centre-cropped.
 - `latents` precomputed latents (see `dimstudy.data.latents`), returned as stored.
@@ -139,6 +142,34 @@ class Digits(ImageDataset):
     def __getitem__(self, i):
         x = resize_center_crop(self.images[i], self.resolution).expand(self.channels, -1, -1)
         return x, int(self.labels[i]) if self.num_classes else NO_LABEL
+
+
+class Photos(ImageDataset):
+    """Natural-image crops at several scales from the photographs inside the scikit-image and scikit-learn
+    wheels (sources, licences and the cutting: `dimstudy.data.photos`).
+
+    train=True: `num_train` crops (50,000) of the training regions; train=False: `num_reference` crops
+    (10,000) of the held-out regions, for FID. Both are a pure function of `seed` and cached as uint8.
+    `data_dir`: a folder with the seven source files, for machines without the wheels.
+    """
+
+    def __init__(self, resolution=None, data_dir=None, train=True, class_labels=False, seed=0,
+                 num_train=None, num_reference=None, progress=True):
+        from dimstudy.data import photos
+
+        if class_labels:
+            raise ValueError("photos has no classes; train it unconditionally (class_cond = false)")
+        split = "train" if train else "reference"
+        n = (num_train or photos.NUM_TRAIN) if train else (num_reference or photos.NUM_REFERENCE)
+        resolution = resolution or 32
+        self.data, key = photos.load_crops(split, resolution, n, seed, data_dir, progress)  # (N, 3, r, r) uint8
+        super().__init__("photos", resolution, 3, 0, f"{split}.{key}")
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return uint8_to_float(torch.from_numpy(np.array(self.data[i]))), NO_LABEL
 
 
 class Cifar10(ImageDataset):
@@ -279,6 +310,7 @@ def load_latents_file(path: Path) -> dict:
 
 DATASETS: dict[str, type[ImageDataset]] = {
     "digits": Digits,
+    "photos": Photos,
     "cifar10": Cifar10,
     "folder": ImageFolder,
     "latents": Latents,
@@ -291,9 +323,10 @@ def list_datasets() -> list[str]:
 
 def build_dataset(name: str, resolution: int | None = None, data_dir: str | Path | None = None,
                   train: bool = True, class_labels: bool = False, **kw) -> ImageDataset:
-    """Build a registered dataset; extra keywords go to its constructor (digits: channels; cifar10: download).
+    """Build a registered dataset; extra keywords go to its constructor (digits: channels; cifar10: download;
+    photos: seed, num_train, num_reference).
 
-    `resolution=None` means the dataset's own: 32 for digits and cifar10, as stored for folder/latents.
+    `resolution=None` means the dataset's own: 32 for digits, photos and cifar10, as stored for folder/latents.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(list_datasets())}")

@@ -142,10 +142,11 @@ def header(df: pd.DataFrame, study: str) -> str:
         "FID from a few hundred samples is biased high and noisy (it falls as the sample count grows), so compare "
         "rows of one table only. The paper's columns are the paper's own numbers: DiM-S/2 on CIFAR-10 after 500K "
         "steps, FID-50K against the training set; they show what the ordering looked like there, not a target "
-        "for these numbers. ± is the standard deviation over seeds. Δ FID is a row's mean minus the full model's; "
-        "'seeds apart' means every seed of the row lies on one side of every seed of the full model, 'seeds overlap' "
-        "that they do not. A coarse test: the seeds of two equally good networks land apart by chance one time in "
-        "three with two seeds each, one time in ten with three each.",
+        "for these numbers. ± is the standard deviation over seeds. Δ FID is a row's mean minus the full model's, "
+        f"with the {tables.TEST}: 'worse' or 'better' when the interval excludes 0, 'not distinguishable' when it "
+        "includes 0, and no signed difference at all where a side has one seed. With two or three seeds the "
+        "intervals are wide (the t quantile at 1-4 degrees of freedom is 2.8-12.7): only large, consistent gaps "
+        "are distinguishable, and the ordering claims below use only those rows.",
     ]
     alarm = ema_alarm(where)
     if alarm:
@@ -155,11 +156,14 @@ def header(df: pd.DataFrame, study: str) -> str:
 
 # -- tables and their figures ----------------------------------------------------------------------------------
 def _write_table(table: pd.DataFrame, out: Path, stem: str, caption: str, fid_header: str) -> str:
+    """The table as .md (with its note and ordering claim under it), .tex (both in the caption) and .csv."""
     shown = tables.display(table, fid_header)
-    (out / f"{stem}.md").write_text(tables.markdown(shown) + "\n", encoding="utf-8")
-    (out / f"{stem}.tex").write_text(tables.latex(shown, caption, f"tab:{stem}"), encoding="utf-8")
+    words = " ".join(w for w in (tables.table_note(table), tables.ordering_claim(table)) if w)
+    md = tables.markdown(shown) + (f"\n\n{words}" if words else "")
+    (out / f"{stem}.md").write_text(md + "\n", encoding="utf-8")
+    (out / f"{stem}.tex").write_text(tables.latex(shown, f"{caption} {words}".strip(), f"tab:{stem}"), encoding="utf-8")
     tables.csv_frame(table).to_csv(out / f"{stem}.csv", index=False, float_format="%.6g")
-    return tables.markdown(shown)
+    return md
 
 
 def _fid_header(df: pd.DataFrame) -> str:

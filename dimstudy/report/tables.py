@@ -49,12 +49,46 @@ def seed_stats(rows: pd.DataFrame, value: str, by: str = "variant_key") -> pd.Da
     }).reset_index()
 
 
-def seeds_apart(values: list[float], reference: list[float]) -> bool | None:
-    """True when every seed's value lies on one side of every reference seed's (the seed ranges do not meet),
-    False when they overlap, None with fewer than two seeds on either side (one seed shows no noise)."""
-    if len(values) < 2 or len(reference) < 2:
+LEVEL = 0.95  # confidence level of every interval in the tables
+TEST = (f"{LEVEL:.0%} confidence interval of the difference of means over seeds, Welch's t (unequal variances, "
+        "Welch-Satterthwaite degrees of freedom)")
+
+
+def welch_ci(values: list[float], reference: list[float], level: float = LEVEL) -> tuple[float, float, float] | None:
+    """(lower, upper, df) of the `level` confidence interval of mean(values) - mean(reference), Welch's t test;
+    None with fewer than two values on either side (one seed shows no noise, so nothing can be told apart)."""
+    from scipy import stats
+
+    a, b = [float(v) for v in values], [float(v) for v in reference]
+    if len(a) < 2 or len(b) < 2:
         return None
-    return min(values) > max(reference) or max(values) < min(reference)
+    delta = sum(a) / len(a) - sum(b) / len(b)
+    va, vb = pd.Series(a).var(ddof=1) / len(a), pd.Series(b).var(ddof=1) / len(b)  # squared standard errors
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return delta, delta, math.inf
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = stats.t.ppf(0.5 + level / 2, df) * se
+    return delta - half, delta + half, df
+
+
+def verdict(ci: tuple[float, float, float] | None) -> str | None:
+    """'worse' / 'better' when the interval excludes 0 (FID: higher is worse), 'not distinguishable' when it
+    includes 0, None without an interval (one seed)."""
+    if ci is None:
+        return None
+    lo, hi, _ = ci
+    return "worse" if lo > 0 else "better" if hi < 0 else "not distinguishable"
+
+
+def fid_noise(half_a: list[float], half_b: list[float]) -> float:
+    """FID's own sampling noise at the full sample count, from each run's FIDs of two disjoint halves of its
+    samples: Var(a - b) = 2 s_half^2 and variance ~ 1/n give s_full = sqrt(mean((a - b)^2)) / 2 (RMS over
+    the runs). NaN when no run recorded halves."""
+    pairs = [(a, b) for a, b in zip(half_a, half_b, strict=True) if not (math.isnan(a) or math.isnan(b))]
+    if not pairs:
+        return math.nan
+    return math.sqrt(sum((a - b) ** 2 for a, b in pairs) / len(pairs)) / 2
 
 
 def _table(rows: pd.DataFrame, order: list[str], paper_col: str, paper_fid, label_fn) -> pd.DataFrame:
@@ -67,6 +101,11 @@ def _table(rows: pd.DataFrame, order: list[str], paper_col: str, paper_fid, labe
     keys = [k for k in order if k in first.index] + sorted(k for k in first.index if k not in order)
     ref = order[0] if order and order[0] in first.index else None
     others = [k for k in keys if ref is not None and k != ref]
+    cis = {k: welch_ci(stats.loc[k, "fid_values"], stats.loc[ref, "fid_values"]) for k in others}
+    halves = {k: ([math.nan], [math.nan]) for k in keys}
+    if {"fid_half_a", "fid_half_b"} <= set(rows):
+        for k, g in rows.groupby("variant_key"):
+            halves[k] = (list(g["fid_half_a"].astype(float)), list(g["fid_half_b"].astype(float)))
     return pd.DataFrame({
         "variant": [label_fn(first.loc[k]) for k in keys],
         **{ABBREV[c]: [bool(first.loc[k, c]) for k in keys] for c in COMPONENTS},
@@ -76,8 +115,11 @@ def _table(rows: pd.DataFrame, order: list[str], paper_col: str, paper_fid, labe
         "seeds": [int(stats.loc[k, "seeds"]) for k in keys],
         "fid_values": [stats.loc[k, "fid_values"] for k in keys],
         "fid_delta": [stats.loc[k, "fid_mean"] - stats.loc[ref, "fid_mean"] if k in others else math.nan for k in keys],
-        "seeds_apart": [seeds_apart(stats.loc[k, "fid_values"], stats.loc[ref, "fid_values"]) if k in others else None
-                        for k in keys],
+        "fid_delta_lo": [cis[k][0] if cis.get(k) else math.nan for k in keys],
+        "fid_delta_hi": [cis[k][1] if cis.get(k) else math.nan for k in keys],
+        "fid_delta_df": [cis[k][2] if cis.get(k) else math.nan for k in keys],
+        "verdict": pd.Series([verdict(cis[k]) if k in others else None for k in keys], dtype=object),
+        "fid_noise": [fid_noise(*halves[k]) for k in keys],
         "reference": label_fn(first.loc[ref]) if ref is not None else "",
         "final_loss_mean": [loss.loc[k, "final_loss_mean"] if k in loss.index else math.nan for k in keys],
         "params_m": [first.loc[k, "params_m"] for k in keys],
@@ -173,11 +215,38 @@ def mean_spread(mean: float, std: float, n: int, digits: int = 2) -> str:
     return f"{mean:.{digits}f}"
 
 
-def delta_cell(delta: float, apart: bool | None) -> str:
-    """'+28.05 (seeds apart)', '+7.60 (seeds overlap)', '+19.00' (one seed somewhere), '' (the reference)."""
+ONE_SEED = "one seed: cannot be told apart"
+
+
+def delta_cell(delta: float, lo: float, hi: float, said: str | None) -> str:
+    """'+21.27 [+8.12, +34.42] worse', '+7.60 [−50.1, +65.3] not distinguishable', 'one seed: cannot be told
+    apart' (no signed difference without an interval), '' (the reference row)."""
     if delta is None or math.isnan(delta):
         return ""
-    return f"{delta:+.2f}" + {True: " (seeds apart)", False: " (seeds overlap)"}.get(apart, "")
+    if said is None:
+        return ONE_SEED
+    return f"{delta:+.2f} [{lo:+.2f}, {hi:+.2f}] {said}".replace("-", "−")
+
+
+def one_seed_only(table: pd.DataFrame) -> bool:
+    """No row has an interval: every comparison involves a single seed."""
+    return "verdict" in table and table["fid_delta"].notna().any() and table["verdict"].isna().all()
+
+
+def table_note(table: pd.DataFrame) -> str:
+    """What the difference column means, under the table: the test, or that one seed tells nothing apart."""
+    if "fid_delta" not in table or not table["fid_delta"].notna().any():
+        return ""
+    ref = table["reference"].iloc[0]
+    if one_seed_only(table):
+        return (f"One seed per row: no row can be told apart from {ref} (a single run shows no seed noise), so no "
+                "signed differences are shown and no order of the damage is compared with the paper's.")
+    note = (f"Δ FID: a row's mean minus {ref}'s, with its {TEST}; a row whose interval includes 0 is not "
+            f"distinguishable from {ref}.")
+    if table["fid_noise"].notna().any():
+        note += (" FID noise: FID's own sampling noise at this sample count, from the FIDs of two disjoint halves "
+                 "of each run's samples (RMS over seeds of |a − b| / 2); it is part of the seed spread.")
+    return note
 
 
 def display(table: pd.DataFrame, fid_header: str = "FID (ours)") -> pd.DataFrame:
@@ -194,12 +263,64 @@ def display(table: pd.DataFrame, fid_header: str = "FID (ours)") -> pd.DataFrame
         out["variant"] = table["variant"]
     out[fid_header] = [mean_spread(m, s, n) for m, s, n in zip(table["fid_mean"], table["fid_std"], table["seeds"], strict=True)]
     out["seeds"] = table["seeds"].astype(int)
+    if "fid_noise" in table and table["fid_noise"].notna().any():
+        out["FID noise"] = [f"± {v:.2f}" if not math.isnan(v) else "" for v in table["fid_noise"]]
     if "fid_delta" in table and table["fid_delta"].notna().any():
-        out[f"Δ FID vs {table['reference'].iloc[0]}"] = [delta_cell(d, a) for d, a in zip(table["fid_delta"], table["seeds_apart"], strict=True)]
+        out[f"Δ FID vs {table['reference'].iloc[0]} ({LEVEL:.0%} CI)"] = [
+            delta_cell(d, lo, hi, v) for d, lo, hi, v in
+            zip(table["fid_delta"], table["fid_delta_lo"], table["fid_delta_hi"], table["verdict"], strict=True)]
     out["final loss"] = [mean_spread(v, math.nan, 1, 4) for v in table["final_loss_mean"]]
     out["params (M)"] = [f"{v:.3g}" for v in table["params_m"]]
     out[paper_col] = [f"{v:.2f}" if not math.isnan(v) else "—" for v in table[paper_col]]
     return out
+
+
+def ordering_claim(table: pd.DataFrame) -> str:
+    """Whether the order of the damage matches the paper's, computed from the rows distinguishable from the
+    reference (the full model): their order by mean Δ FID against the order of the paper's FIDs of the same
+    rows, and whether neighbours in that order are themselves distinguishable."""
+    if "verdict" not in table or not table["fid_delta"].notna().any():
+        return ""
+    paper_col = next(c for c in table.columns if c.startswith("paper FID"))
+    ref = table["reference"].iloc[0]
+    if one_seed_only(table):
+        return ""  # table_note says it
+    worse = table[table["verdict"] == "worse"].sort_values("fid_delta", ascending=False)
+    better = list(table.loc[table["verdict"] == "better", "variant"])
+    nd = list(table.loc[table["verdict"] == "not distinguishable", "variant"])
+    single = list(table.loc[table["fid_delta"].notna() & table["verdict"].isna(), "variant"])  # one seed on a side
+    parts = []
+    if worse.empty:
+        parts.append(f"No row is distinguishably worse than {ref}.")
+    else:
+        listed = ", ".join(f"{r.variant} ({r.fid_delta:+.1f})" for r in worse.itertuples())
+        parts.append(f"Distinguishably worse than {ref}: {listed}.")
+    if better:
+        parts.append(f"Distinguishably better than {ref}: {', '.join(better)}.")
+    if nd:
+        parts.append(f"Not distinguishable from {ref}: {', '.join(nd)}.")
+    if single:
+        parts.append(f"One seed, so not told apart from {ref}: {', '.join(single)}.")
+    if len(worse) < 2:
+        parts.append("Fewer than two rows are distinguishably worse, so no order of the damage can be compared "
+                     "with the paper's.")
+        return " ".join(parts).replace("-", "−")
+    ours = list(worse["variant"])
+    paper = worse.dropna(subset=[paper_col]).sort_values(paper_col, ascending=False)
+    if len(paper) < len(worse):
+        parts.append("Some of these rows have no paper number, so the order is not compared.")
+        return " ".join(parts).replace("-", "−")
+    same = ours == list(paper["variant"])
+    paper_text = " > ".join(f"{v} ({f:.2f})" for v, f in zip(paper["variant"], paper[paper_col], strict=True))
+    parts.append(f"Their order by damage, {' > '.join(ours)}, {'matches' if same else 'does not match'} the paper's "
+                 f"for the same rows ({paper_text}).")
+    values = dict(zip(table["variant"], table["fid_values"], strict=True))
+    ties = [f"{a} vs {b}" for a, b in zip(ours, ours[1:])
+            if verdict(welch_ci(values[a], values[b])) in ("not distinguishable", None)]
+    if ties:
+        parts.append(f"Neighbours in that order that are not distinguishable from each other: {'; '.join(ties)}, "
+                     "so their places are not settled.")
+    return " ".join(parts).replace("-", "−")
 
 
 def markdown(frame: pd.DataFrame) -> str:

@@ -5,6 +5,7 @@
 - `runner`  the Optuna side: enqueue each grid point once, claim trials, heartbeats, re-queue orphans.
 - `trial`   one trial: train (resumable), sample, FID, one row.
 - `rows`    the `runs` table's schema and files.
+- `cells`   the grid's (variant, seed) cells that committed rows already hold; status and time left.
 - `sweep`   samplers, pruners and the search space.
 - `run`     what the commands do: run_grid, run_sweep, run_worker.
 """

@@ -58,6 +58,8 @@ class EvalConfig:
     fid_batch_size: int = 50  # Inception batch
     reference_seed: int = 0  # picks the reference subset; one value per study, so reference stats are shared
     grid: int = 64  # samples saved as a PNG grid per run (results/<study>/grids/); 0 = none
+    cuda_graphs: bool = True  # on CUDA, sample with the network replayed from CUDA graphs (no effect on CPU)
+    fid_halves: bool = True  # also score two disjoint halves of the samples: FID's own sampling noise
 
     def __post_init__(self):
         check_types(self)
@@ -169,7 +171,8 @@ class StudyConfig:
 STUDY_MAY_CHANGE = frozenset({"preset", "description", "seeds", "drop", "patterns", "results_dir", "runs_dir",
                               "storage", "workers", "threads", "heartbeat_s", "grace_s", "sweep.n_trials"})
 TRAIN_MAY_CHANGE = RESUME_MAY_CHANGE - {"steps"}  # a study trains every trial to the same step count
-EVAL_MAY_CHANGE = frozenset({"batch_size", "fid_batch_size", "data_dir", "grid", "fid_weights"})  # (the same
+EVAL_MAY_CHANGE = frozenset({"batch_size", "fid_batch_size", "data_dir", "grid", "fid_weights", "cuda_graphs",
+                             "fid_halves"})  # (the same
 # network wherever its file lives; each row records which Inception source ran)
 
 

@@ -51,10 +51,13 @@ ROW_SCHEMA: dict[str, str] = {
     "params": "sweep: the trial's sampled values (columns params.<name>)",
     # evaluation
     "fid": "FID of num_samples EMA samples against num_reference reference images",
+    "fid_half_a": "FID of the first half of the samples (same reference)",
+    "fid_half_b": "FID of the second half: |a - b| / 2 estimates FID's own sampling noise at num_samples",
     "kid_mean": "KID", "kid_std": "KID spread over subsets",
     "num_samples": "samples scored", "num_reference": "reference images", "reference": "reference set",
     "feature_extractor": "Inception source", "sampler": "sampler", "sample_steps": "sampler steps",
     "sample_wall_s": "sampling wall time", "fid_wall_s": "FID wall time",
+    "cuda_graphs": "the network ran from CUDA graphs while sampling",
     # where and how
     "wall_s": "the whole trial (this attempt)",
     "scan_backend": "selective-scan kernel that ran", "attn_backend": "attention kernel that ran (U-ViT)",

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from dimstudy.study import runner
+from dimstudy.study.cells import cells, check_rows_match
 from dimstudy.study.config import StudyConfig, save_study_config
 from dimstudy.study.grid import Variant
 from dimstudy.study.trial import ensure_reference, run_trial
@@ -46,11 +47,14 @@ def run_grid(cfg: StudyConfig, variants: list[Variant], *, report: bool = True, 
     is done, then write the report. Returns {"study", "counts", "report"}."""
     check_grid_model(cfg)
     check_ema(cfg, log)
+    check_rows_match(cfg)
     study = runner.open_study(cfg)
     save_study_config(cfg, cfg.study_dir / "study.toml")
-    counts = runner.enqueue_grid(study, variants, cfg.seeds)
+    in_rows = {c["key"] for c in cells(cfg, variants, cfg.seeds) if c["row"]}
+    counts = runner.enqueue_grid(study, variants, cfg.seeds, in_rows)
     log(f"study {cfg.name!r}: {len(variants)} variants x {len(cfg.seeds)} seeds: {counts['new']} new, "
-        f"{counts['pending']} waiting or running, {counts['done']} done (storage {cfg.storage_url})")
+        f"{counts['pending']} waiting or running, {counts['done']} done ({len(in_rows)} of them committed in "
+        f"{cfg.study_dir / 'runs.jsonl'}; storage {cfg.storage_url})")
     if cfg.workers == 0:
         log(f"enqueued only; run them with `dimstudy worker --study {cfg.name}"
             + (f" --storage {cfg.storage}`" if cfg.storage else f" --results {cfg.results_dir}`")

@@ -133,8 +133,10 @@ def grid_key(variant: Variant, seed: int) -> str:
     return f"{variant.key}/seed{seed}"
 
 
-def enqueue_grid(study: optuna.Study, variants: list[Variant], seeds: list[int]) -> dict[str, int]:
-    """Enqueue every (variant, seed) that no trial covers yet; returns counts of new, pending and done points."""
+def enqueue_grid(study: optuna.Study, variants: list[Variant], seeds: list[int],
+                 in_rows: set[str] | frozenset = frozenset()) -> dict[str, int]:
+    """Enqueue every (variant, seed) that no trial covers yet and whose key is not in `in_rows` (cells whose
+    result row is committed: done, even in a fresh database); returns counts of new, pending and done points."""
     counts = {"new": 0, "pending": 0, "done": 0}
     with claim_lock(study):
         states = _states_by_key(study)
@@ -142,7 +144,7 @@ def enqueue_grid(study: optuna.Study, variants: list[Variant], seeds: list[int])
             for seed in seeds:
                 key = grid_key(v, seed)
                 have = states.get(key, set())
-                if TrialState.COMPLETE in have:
+                if TrialState.COMPLETE in have or key in in_rows:
                     counts["done"] += 1
                 elif have & {TrialState.WAITING, TrialState.RUNNING}:
                     counts["pending"] += 1

@@ -10,6 +10,7 @@ Every stage can be interrupted and picked up again by the trial's re-queued copy
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ import numpy as np
 import optuna
 import torch
 
+from dimstudy.study.cells import cell_identity, cell_train_config, finished_rows
 from dimstudy.study.config import StudyConfig
 from dimstudy.study.rows import bin_curve, final_loss, read_loss_log, write_curve, write_row
 from dimstudy.train.config import TrainConfig, save_config
@@ -53,9 +55,13 @@ def run_trial(trial: optuna.Trial, cfg: StudyConfig, log: Log = print, progress:
     run_name = spec["run_name"]
     run_dir = Path(cfg.runs_dir) / cfg.name / run_name
     seed = spec.get("seed", cfg.seeds[0])
-    tcfg = TrainConfig.from_dict({**tcfg.to_dict(), "seed": seed, "out_dir": str(run_dir), "results_dir": None,
-                                  "model_kwargs": {**tcfg.model_kwargs, **spec.get("model_kwargs", {})}})
+    tcfg = cell_train_config(cfg, spec.get("model_kwargs", {}), seed, run_dir, base=tcfg)
     tag = f"[{os.environ.get('DIMSTUDY_WORKER', 'w0')} trial {trial.number} {spec.get('variant', run_name)} seed {seed}]"
+    if kind == "grid" and (done := committed_row(cfg, tcfg)) is not None:
+        # A row of this very configuration is already in runs.jsonl (an earlier slot, another machine): the
+        # cell is done, whatever this Optuna database says.
+        log(f"{tag} already in {cfg.study_dir / 'runs.jsonl'} (FID {done['fid']:.2f}, {done.get('timestamp')}); not run again")
+        return float(done["fid"])
     base = {"study": cfg.name, "kind": kind, "preset": cfg.preset, "trial": trial.number, "key": spec["key"],
             "variant": spec.get("variant", run_name), "variant_key": spec.get("variant_key"), "seed": seed,
             "retries": spec.get("retries", 0), "params": params or None, "run_dir": str(run_dir)}
@@ -93,6 +99,11 @@ def run_trial(trial: optuna.Trial, cfg: StudyConfig, log: Log = print, progress:
         _finish_row({**base, "status": "failed", "error": msg, "wall_s": time.perf_counter() - t0}, cfg, tcfg)
         log(f"{tag} failed: {msg}\n{traceback.format_exc(limit=4)}")
         raise
+
+
+def committed_row(cfg: StudyConfig, tcfg: TrainConfig) -> dict | None:
+    """The `ok` row of the study with this trial's resolved configuration, if one is committed."""
+    return finished_rows(cfg).get(cell_identity(tcfg.to_dict(), dataclasses.asdict(cfg.eval)))
 
 
 def _release_cached_gpu_memory() -> None:
@@ -284,12 +295,17 @@ def chunk_seed(seed: int, index: int) -> int:
 
 
 def draw_chunks(model, schedule, n: int, folder: Path, *, sampler: str, steps: int, batch_size: int, seed: int,
-                device) -> torch.Tensor:
-    """n samples as uint8 (n, C, H, W), drawn `batch_size` at a time; chunks already in `folder` are reused."""
+                device, cuda_graphs: bool = True) -> torch.Tensor:
+    """n samples as uint8 (n, C, H, W), drawn `batch_size` at a time; chunks already in `folder` are reused.
+
+    On CUDA the network is replayed from CUDA graphs (captured once, kept across the chunks) unless
+    `cuda_graphs` is off."""
     from dimstudy.data.datasets import float_to_uint8
+    from dimstudy.diffusion.graphs import graphed
     from dimstudy.train import draw_samples
     from dimstudy.train.checkpoint import save_checkpoint
 
+    model = graphed(model, device, cuda_graphs)
     out = []
     for i, start in enumerate(range(0, n, batch_size)):
         b = min(batch_size, n - start)
@@ -320,7 +336,7 @@ def evaluate(cfg: StudyConfig, tcfg: TrainConfig, run_dir: Path, n: int, seed: i
     t0 = time.perf_counter()
     folder = run_dir / "eval" / f"{tag}-{e.sampler}{e.steps}-n{n}-seed{seed}"
     samples = draw_chunks(model, build_schedule(tcfg.schedule), n, folder, sampler=e.sampler, steps=e.steps,
-                          batch_size=e.batch_size, seed=seed, device=device)
+                          batch_size=e.batch_size, seed=seed, device=device, cuda_graphs=e.cuda_graphs)
     backends = backends_that_ran(model)
     if not backends.get("scan_backend") and not backends.get("attn_backend"):  # every chunk came from disk
         with torch.no_grad():
@@ -329,7 +345,13 @@ def evaluate(cfg: StudyConfig, tcfg: TrainConfig, run_dir: Path, n: int, seed: i
         backends = backends_that_ran(model)
     t1 = time.perf_counter()
     metrics = compute_metrics(samples, **reference_args(cfg, tcfg), kid=e.kid, device=device, batch_size=e.fid_batch_size)
+    if e.fid_halves and n >= 4:  # FID's own sampling noise: the same reference, two disjoint halves of the samples
+        half = n // 2
+        for name, part in (("fid_half_a", samples[:half]), ("fid_half_b", samples[half:2 * half])):
+            metrics[name] = compute_metrics(part, **reference_args(cfg, tcfg), kid=False, device=device,
+                                            batch_size=e.fid_batch_size)["fid"]
     info = {"sampler": e.sampler, "sample_steps": e.steps, "sample_wall_s": t1 - t0,
+            "cuda_graphs": e.cuda_graphs and device.type == "cuda",
             "fid_wall_s": time.perf_counter() - t1, "scan_backend": backends.get("scan_backend"),
             "attn_backend": backends.get("attn_backend"), "grid_images": samples[: e.grid] if e.grid else None}
     return metrics, info

@@ -119,17 +119,22 @@ def draw_samples(
     progress: bool = False,
     img_size: int | None = None,
     upsample: dict | None = None,
+    cuda_graphs: bool = True,
 ) -> torch.Tensor:
     """n images (n, C, H, W) in [-1, 1] on the CPU, drawn in batches from one seeded generator.
 
     A class-conditional model (num_classes > 0) gets `labels` (n,), or labels drawn uniformly from the seed.
     img_size: sample at this side instead of the model's own (it interpolates its positional embedding).
     upsample: UpsampleGuidance options {"m", "theta", "eta"}: Eq. (4) guidance, which then applies the CFG.
+    cuda_graphs: on CUDA, replay the network's forward from CUDA graphs (dimstudy.diffusion.graphs); pass a
+    `graphed` model to keep its graphs across calls. No effect on the CPU.
     """
+    from dimstudy.diffusion.graphs import graphed
     from dimstudy.diffusion.guidance import UpsampleGuidance
     from dimstudy.diffusion.samplers import sample
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    model = graphed(model, device, cuda_graphs)
     num_classes = getattr(model, "num_classes", 0)
     null_class = num_classes if num_classes else None
     if num_classes and labels is None:
