@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -78,11 +79,34 @@ def build_model(model_args: dict) -> nn.Module:
         raise ValueError(f"model {model_args['name']!r} rejects its options {model_args['kwargs']}: {e}") from None
 
 
+# DiM before issue 13 (dimstudy 3955df0 and earlier) conditioned its head on the adaLN condition and shared the
+# class token's table with adaLN-single. Its checkpoints lack `ada_label_emb.weight`; they are rebuilt with
+# these options, so they load and run exactly as they were trained (with a warning), never silently refit.
+PRE_ISSUE_13 = {"head_cond": "adaln", "ada_class_table": False}
+
+
+def fit_model_args(model_args: dict, weights: dict, schedule: str | None = None, source: str = "checkpoint") -> dict:
+    """`model_args`, plus PRE_ISSUE_13 when `weights` are a DiM/Mamba network saved before issue 13."""
+    from dimstudy.registry import get_entry
+
+    kwargs = model_args["kwargs"]
+    old = ("ada_proj.1.weight" in weights and "ada_label_emb.weight" not in weights
+           and not set(PRE_ISSUE_13) & set(kwargs) and get_entry(model_args["name"]).family in ("dim", "mamba"))
+    if not old:
+        return model_args
+    msg = (f"{source} predates issue 13 (no separate adaLN class table): rebuilt as it was trained, with "
+           f"{PRE_ISSUE_13}; new training uses the public DiM's conditioning")
+    if schedule and schedule.startswith("ddpm"):
+        msg += "; it was trained on DDPM labels 0..999 and now sees 1..1000 (one label later)"
+    warnings.warn(msg, stacklevel=3)
+    return {**model_args, "kwargs": {**kwargs, **PRE_ISSUE_13}}
+
+
 def load_checkpoint(path: str | Path, *, ema: bool = True, device="cpu") -> tuple[nn.Module, TrainConfig]:
     """(model in eval mode, its TrainConfig) from a checkpoint file or run directory; EMA weights by default."""
     ckpt = read_checkpoint(path)
-    model = build_model(ckpt["model_args"])
     weights = ckpt["ema"]["module"] if ema else ckpt["model"]
+    model = build_model(fit_model_args(ckpt["model_args"], weights, ckpt["config"].get("schedule"), str(path)))
     model.load_state_dict(weights)
     return model.to(device).eval(), TrainConfig.from_dict(ckpt["config"])
 

@@ -35,6 +35,7 @@ from dimstudy.train.checkpoint import (
     LATEST,
     build_model,
     capture_rng,
+    fit_model_args,
     read_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -241,6 +242,9 @@ def train(
         num_classes = ds.num_classes if cfg.class_cond else 0
         model_args = {"name": cfg.model, "kwargs": {"img_size": ds.resolution, "in_chans": ds.channels,
                                                      "num_classes": num_classes, **cfg.model_kwargs}}
+        ckpt = read_checkpoint(latest) if resume else None
+        if ckpt is not None:  # a run started before issue 13 continues with the network it began with
+            model_args = fit_model_args(model_args, ckpt["model"], cfg.schedule, str(latest))
         raw = build_model(model_args).to(device)
         if cfg.init_from and not resume:
             raw.load_state_dict(torch.load(cfg.init_from, map_location=device, weights_only=True))
@@ -253,8 +257,7 @@ def train(
         start = 0
         if info.is_main and not resume and (msg := ema_warning(cfg)):
             warnings.warn(msg, stacklevel=2)
-        if resume:
-            ckpt = read_checkpoint(latest)
+        if ckpt is not None:
             _check_resume_config(ckpt["config"], cfg)
             raw.load_state_dict(ckpt["model"])
             ema.load_state_dict(ckpt["ema"])
