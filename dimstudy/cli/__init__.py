@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from dimstudy.cli import convert as _convert
 from dimstudy.cli import fid as _fid
 from dimstudy.cli import models as _models
 from dimstudy.cli import resolution as _resolution
@@ -32,6 +33,7 @@ _sample.register(app)
 _speed.register(app)
 _resolution.register(app)
 _study.register(app)
+_convert.register(app)
 
 
 def main() -> None:

@@ -56,16 +56,26 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def checkpoint_path(path: str | Path) -> Path:
-    """A run directory means its latest.pt."""
+    """A run directory means its latest.pt; a public DiM `<step>.ckpt/` directory its nnet_ema.pth."""
     path = Path(path)
-    path = path / LATEST if path.is_dir() else path
+    if path.is_dir():
+        path = path / LATEST if (path / LATEST).exists() or not (path / "nnet_ema.pth").exists() else path / "nnet_ema.pth"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return path
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The raw checkpoint dict, tensors on the CPU."""
+    """The raw checkpoint dict, tensors on the CPU.
+
+    A public DiM checkpoint (its nnet_ema.pth / nnet.pth, or their `<step>.ckpt/` directory) is converted on the
+    fly with `dimstudy.convert.public_checkpoint` (the preset of its width and depth), so every command that
+    takes a checkpoint takes either format.
+    """
+    from dimstudy.convert import is_public_checkpoint, public_checkpoint
+
+    if is_public_checkpoint(path):
+        return public_checkpoint(path)
     return torch.load(checkpoint_path(path), map_location="cpu", weights_only=True)
 
 
