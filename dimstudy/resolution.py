@@ -321,7 +321,7 @@ def resolution_study(
             "n_samples": metrics["num_samples"], "num_reference": metrics["num_reference"],
             "fid": metrics["fid"], "kid_mean": metrics.get("kid_mean"), "kid_std": metrics.get("kid_std"),
             "reference": metrics["reference"], "feature_extractor": metrics["feature_extractor"],
-            "finetune_steps": 0, "sample_s": timings[method], "fid_s": time.perf_counter() - t0,
+            "preprocess": metrics["preprocess"], "finetune_steps": 0, "sample_s": timings[method], "fid_s": time.perf_counter() - t0,
             "seed": seed, "grid": str(grid_rel), "scan_backend": kernels[method].get("scan_backend"),
             "attn_backend": kernels[method].get("attn_backend"), **extra.get(method, {}), **environment(dev),
         }
