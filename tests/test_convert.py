@@ -1,9 +1,12 @@
 """The public-DiM converter, on synthetic state dicts with the documented key names and shapes."""
 
 import math
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from dimstudy.cli import app
@@ -152,6 +155,35 @@ def test_sample_takes_a_public_checkpoint_directly(tmp_path):
     step.mkdir()
     torch.save(public_state_dict(64, 5, 3, 16, 10), step / "nnet_ema.pth")
     r = runner.invoke(app, ["sample", "--ckpt", str(step), "--n", "2", "--steps", "2", "--batch-size", "2",
-                            "--no-progress", "--device", "cpu", "--out", str(tmp_path / "s")])
+                            "--no-progress", "--device", "cpu", "--npz", "--out", str(tmp_path / "s")])
     assert r.exit_code == 0, r.output
-    assert len(list((tmp_path / "s" / "images").glob("*.png"))) == 2
+    pngs = sorted((tmp_path / "s" / "images").glob("*.png"))
+    assert len(pngs) == 2
+    arr = np.load(tmp_path / "s" / "samples_2x32x32x3.npz")["arr_0"]  # the ADM batch: uint8, NHWC
+    assert arr.dtype == np.uint8 and arr.shape == (2, 32, 32, 3)
+    assert np.array_equal(arr[1], np.asarray(Image.open(pngs[1]).convert("RGB")))
+
+
+class _FakeVAE(torch.nn.Module):
+    """Stands in for the SD VAE: 'decodes' a latent by upsampling its first 3 channels 8x."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def decode(self, z):
+        return SimpleNamespace(sample=torch.nn.functional.interpolate(z[:, :3] * 0.18215, scale_factor=8))
+
+
+def test_sample_decodes_latents_unclipped(tmp_path, monkeypatch):
+    import dimstudy.data.latents as latents
+
+    torch.save(public_state_dict(64, 5, 4, 4, 7), tmp_path / "nnet_ema.pth")
+    monkeypatch.setattr(latents, "load_vae", lambda vae, device: _FakeVAE())
+    seen = []
+    monkeypatch.setattr(latents, "decode_latents", lambda z, vae: seen.append(z) or vae.decode(z).sample.clamp(-1, 1))
+    r = runner.invoke(app, ["sample", "--ckpt", str(tmp_path / "nnet_ema.pth"), "--n", "2", "--steps", "2",
+                            "--no-progress", "--device", "cpu", "--npz", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    assert seen[0].shape == (2, 4, 8, 8) and seen[0].abs().max() > 1  # latents reach the VAE unclipped
+    assert np.load(tmp_path / "s" / "samples_2x64x64x3.npz")["arr_0"].shape == (2, 64, 64, 3)

@@ -120,9 +120,11 @@ def draw_samples(
     progress: bool = False,
     img_size: int | None = None,
     upsample: dict | None = None,
+    clamp: bool = True,
 ) -> torch.Tensor:
     """n images (n, C, H, W) in [-1, 1] on the CPU, drawn in batches from one seeded generator.
 
+    clamp=False keeps the sampler's output as it is: latents (about unit variance) must not be clipped to [-1, 1].
     A class-conditional model (num_classes > 0) gets `labels` (n,), or labels drawn uniformly from the seed.
     img_size: sample at this side instead of the model's own (it interpolates its positional embedding).
     upsample: UpsampleGuidance options {"m", "theta", "eta"}: Eq. (4) guidance, which then applies the CFG.
@@ -145,7 +147,7 @@ def draw_samples(
         x = sample(model, schedule, (b, *shape), sampler=sampler, steps=steps, y=y,
                    cfg_scale=0.0 if eps_fn else cfg_scale, null_class=null_class, generator=g, device=device,
                    progress=progress, eps_fn=eps_fn)
-        out.append(x.clamp(-1, 1).cpu())
+        out.append((x.clamp(-1, 1) if clamp else x).cpu())
     return torch.cat(out)
 
 
