@@ -138,6 +138,7 @@ def summarize(name: str, resolution: int | None = None, **overrides) -> dict:
         "gflops": round(gmacs(model), 2),
         "gflops_no_pads": round(no_pads, 2) if no_pads else None,
         "tokens": model.sequence_length(res),
+        "public_params_m": entry.paper.get("public_params_m"),
         "paper_params_m": entry.paper.get("params_m"),
         "paper_gflops": entry.paper.get("gflops"),
         "paper_source": entry.paper.get("source", ""),

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from dimstudy.models.layers import resize_pos_embed
-from dimstudy.train.checkpoint import build_model, checkpoint_path, read_checkpoint
+from dimstudy.train.checkpoint import build_model, checkpoint_path, fit_model_args, read_checkpoint
 from dimstudy.train.config import TrainConfig
 
 TABLE = "resolution"
@@ -132,13 +132,15 @@ def load_at_resolution(
     img = raw["model_args"]["kwargs"]["img_size"] * new_res / cfg.resolution
     if img != int(img):
         raise ValueError(f"{new_res} px is not a whole network size for a model trained at {cfg.resolution} px")
+    source = str(checkpoint_path(ckpt))
+    weights = raw["ema"]["module"] if ema else raw["model"]
     args = {"name": model or raw["model_args"]["name"],
             "kwargs": {**raw["model_args"]["kwargs"], **(model_kwargs or {}), "img_size": int(img)}}
+    args = fit_model_args(args, weights, cfg.schedule, source)
     net = build_model(args)
     if int(img) % net.patch_size:
         raise ValueError(f"{new_res} px gives img_size {int(img)}, not divisible by the patch size {net.patch_size}")
-    source = str(checkpoint_path(ckpt))
-    net.load_state_dict(adapt_state_dict(raw["ema"]["module"] if ema else raw["model"], net, source=source))
+    net.load_state_dict(adapt_state_dict(weights, net, source=source))
     info = {"source": source, "source_step": int(raw["step"]), "source_resolution": cfg.resolution,
             "resolution": new_res, "source_weights": "ema" if ema else "model", "model_args": args}
     return net.eval(), cfg, info
@@ -320,8 +322,8 @@ def resolution_study(
             "n_samples": metrics["num_samples"], "num_reference": metrics["num_reference"],
             "fid": metrics["fid"], "kid_mean": metrics.get("kid_mean"), "kid_std": metrics.get("kid_std"),
             "reference": metrics["reference"], "feature_extractor": metrics["feature_extractor"],
-            "finetune_steps": 0, "sample_s": timings[method], "fid_s": time.perf_counter() - t0,
-            "cuda_graphs": cuda_graphs and dev.type == "cuda",
+            "preprocess": metrics["preprocess"], "finetune_steps": 0, "sample_s": timings[method],
+            "fid_s": time.perf_counter() - t0, "cuda_graphs": cuda_graphs and dev.type == "cuda",
             "seed": seed, "grid": str(grid_rel), "scan_backend": kernels[method].get("scan_backend"),
             "attn_backend": kernels[method].get("attn_backend"), **extra.get(method, {}), **environment(dev),
         }

@@ -85,13 +85,17 @@ def test_ddpm_matches_discrete_alphas(name, first, last):
     if name == "ddpm_scaled_linear":  # linear in sqrt(beta)
         torch.testing.assert_close(s.betas.sqrt().diff(), s.betas.sqrt().diff()[:1].expand(999))
     alpha_bar = torch.cumprod(1 - s.betas, 0)
-    # discrete step i sits at t = (i + 1) / N and is fed to the network as index i
+    # discrete step n sits at t = n / N and is fed to the network as the label n in 1..1000, the public
+    # DiM / U-ViT convention; label n belongs to alpha_bar_n = prod_{k <= n} (1 - beta_k)
     alpha, _ = s.marginal(s.grid)
     torch.testing.assert_close(alpha**2, alpha_bar)
-    torch.testing.assert_close(s.model_time(s.grid), torch.arange(1000, dtype=torch.float64))
+    torch.testing.assert_close(s.model_time(s.grid), torch.arange(1, 1001, dtype=torch.float64))
     idx = s.model_time(s.sample_train_t(5000, generator=torch.Generator().manual_seed(0)))
     torch.testing.assert_close(idx, idx.round(), atol=1e-3, rtol=0)
-    assert idx.min() >= 0 and idx.max() <= 999 and len(idx.round().unique()) > 900
+    assert idx.round().min() == 1 and idx.round().max() == 1000 and len(idx.round().unique()) > 900
+    # the least noisy label is 1 with alpha_bar_1 = 1 - beta_1, the noisiest 1000
+    a1, _ = s.marginal(s.continuous_time(torch.tensor([1.0], dtype=torch.float64)))
+    torch.testing.assert_close(a1**2, 1 - s.betas[:1])
 
 
 def test_training_loss_of_true_predictor_is_zero(schedule):
@@ -197,9 +201,9 @@ def test_sample_passes_labels_and_guidance_to_the_model():
     sample(model, s, (2, 1, 4, 4), sampler="ddim", steps=4, y=y, cfg_scale=0.4, null_class=10)
     assert len(seen) == 4 and all(n == 4 for n, _, _ in seen)  # one batched forward per step
     assert seen[0][2].tolist() == [3, 1, 10, 10]
-    # time-uniform grid from t = 1 to 1/N; the network sees the index t * N - 1
+    # time-uniform grid from t = 1 to 1/N; the network sees the label t * N (1000 at t = 1)
     t_seen = torch.stack([t for _, t, _ in seen])  # (4 steps, 2B)
-    expected = 1000 * torch.linspace(1.0, 0.001, 5)[:4] - 1  # 999, 749.25, 499.5, 249.75
+    expected = 1000 * torch.linspace(1.0, 0.001, 5)[:4]  # 1000, 750.25, 500.5, 250.75
     torch.testing.assert_close(t_seen, expected[:, None].expand(4, 4))
 
 

@@ -143,7 +143,8 @@ def test_fid_of_a_set_against_itself_is_zero(scored):
     assert r["feature_extractor"].startswith("inception-v3-torchscript")
     line = scored["printed"]
     assert line.startswith(f"FID {r['fid']:.3f}  KID ") and f"{N} samples vs {N} reference" in line
-    assert "inception-v3-torchscript" in line
+    assert "inception-v3-torchscript" in line and "preprocess pytorch-fid" in line
+    assert r["preprocess"] == "pytorch-fid" and r["feature_extractor"].startswith("inception-v3-torchscript-pytorch-fid")
 
 
 def test_fid_and_kid_order_noise_far_and_other_digits_close(scored):
@@ -156,12 +157,43 @@ def test_fid_and_kid_order_noise_far_and_other_digits_close(scored):
 def test_reference_features_are_computed_once_and_cached(scored):
     assert scored["seen_first"] == 2 * N  # samples + reference
     assert scored["seen_total"] == 4 * N  # the two later calls only ran their samples
-    names = [p.name for p in scored["cache_files"]]
-    assert names == [f"dimstudy-digits-all-32px-n{N}-seed0-inception-v3-torchscript-features-2048.pt",
-                     f"dimstudy-digits-all-32px-n{N}-seed0-inception-v3-torchscript-stat-fid-2048.pt"]
+    names = [p.name for p in scored["cache_files"]]  # keyed by the preprocessing too (pytorch-fid by default)
+    assert names == [f"dimstudy-digits-all-32px-n{N}-seed0-inception-v3-torchscript-pytorch-fid-features-2048.pt",
+                     f"dimstudy-digits-all-32px-n{N}-seed0-inception-v3-torchscript-pytorch-fid-stat-fid-2048.pt"]
     assert scored["mtimes_after"] == scored["mtimes"]
 
 
 def test_inception_score_is_skipped_without_logits(scored):
     assert "isc_mean" not in scored["noise"]
     assert any("Inception Score skipped" in w for w in scored["warnings"])
+
+
+# -- preprocessing -------------------------------------------------------------------------------------------
+def _bilinear_half_pixel(img: np.ndarray, out: int) -> np.ndarray:
+    """A direct bilinear resize, (C, H, W) -> (C, out, out), with half-pixel centres (align_corners=False)."""
+
+    def axis(n_in):
+        src = np.maximum((np.arange(out) + 0.5) * n_in / out - 0.5, 0.0)
+        i0 = np.floor(src).astype(int)
+        return i0, np.minimum(i0 + 1, n_in - 1), src - i0
+
+    (r0, r1, wr), (c0, c1, wc) = axis(img.shape[1]), axis(img.shape[2])
+    rows = img[:, r0] * (1 - wr)[None, :, None] + img[:, r1] * wr[None, :, None]
+    return rows[:, :, c0] * (1 - wc)[None, None] + rows[:, :, c1] * wc[None, None]
+
+
+def test_pytorch_fid_preprocessing_equals_a_direct_reimplementation():
+    x = torch.randint(0, 256, (2, 3, 32, 24), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    ours = fid.preprocess_images(x, "pytorch-fid")
+    direct = np.stack([2 * _bilinear_half_pixel(img.numpy().astype(np.float64) / 255, 299) - 1 for img in x])
+    assert ours.shape == (2, 3, 299, 299)
+    np.testing.assert_allclose(ours.numpy(), direct, atol=1e-5)  # float32 weights; one uint8 level is 8e-3
+    tf_style = fid.preprocess_images(x, "torch-fidelity")  # the other resize and scale: a different input
+    assert (tf_style - ours).abs().max() > 1e-2
+
+
+def test_preprocess_choices_and_sources_are_checked():
+    with pytest.raises(ValueError, match="unknown preprocess 'tf'; valid choices: pytorch-fid, torch-fidelity"):
+        fid.resolve_extractor("auto", None, "tf")
+    with pytest.raises(ValueError, match="take --preprocess torch-fidelity"):
+        fid.resolve_extractor(fid.TF_INCEPTION, None, "pytorch-fid")

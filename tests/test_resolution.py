@@ -292,7 +292,8 @@ def fake_metrics(samples, reference, **kw):
     """compute_metrics without Inception (a few images/s on CPU): a number that depends on the images."""
     assert (reference, kw["resolution"]) == ("digits", 16)
     return {"fid": float(samples.float().std() * 100), "kid_mean": 0.01, "kid_std": 0.001, "num_samples": len(samples),
-            "num_reference": kw["num_reference"], "reference": "digits-all-16px", "feature_extractor": "fake"}
+            "num_reference": kw["num_reference"], "reference": "digits-all-16px", "feature_extractor": "fake",
+            "preprocess": kw.get("preprocess", "pytorch-fid")}
 
 
 def test_resolution_study_writes_three_rows_a_side_by_side_grid_and_a_report(low_ckpt, tmp_path, monkeypatch):
@@ -311,6 +312,7 @@ def test_resolution_study_writes_three_rows_a_side_by_side_grid_and_a_report(low
     assert df[df["method"] == "finetune"].iloc[0]["finetune_steps"] == 2
     for col in ("sampler", "steps", "seed", "fid", "kid_mean", "git_sha", "torch", "device", "checkpoint", "finetune_lr"):
         assert col in df
+    assert (df["preprocess"] == "pytorch-fid").all()  # the FID resize every row records
     assert df["scan_backend"].tolist() == ["torch-chunked"] * 3 and df["attn_backend"].isna().all()  # the CPU scan ran
     grid = Image.open(root / rows[0]["grid"])
     assert grid.size == Image.open(out / "side_by_side.png").size and grid.size[0] > 3 * 256

@@ -19,7 +19,7 @@ from dimstudy.train import (
     save_checkpoint,
     train,
 )
-from dimstudy.train.checkpoint import CHECKPOINT_KEYS
+from dimstudy.train.checkpoint import CHECKPOINT_KEYS, build_model
 from dimstudy.train.distributed import DistInfo, StepBatchSampler
 from dimstudy.train.trainer import accumulate_grads, params_digest, random_hflip, warmup_factor
 
@@ -302,3 +302,29 @@ def test_ddp_gloo_two_ranks_complete_and_agree(tmp_path):
     model, _ = load_checkpoint(out, ema=False)
     assert params_digest(model) == s0["params_digest"]  # rank 0 saved what both ranks hold
     assert [r["step"] for r in read_log(out)] == [1, 2, 3]
+
+
+def test_a_checkpoint_from_before_issue_13_loads_and_resumes_as_the_network_it_trained(tmp_path):
+    """Before issue 13 DiM had no adaLN class table and a head on the adaLN condition; its options keep it."""
+    from dimstudy.train.checkpoint import PRE_ISSUE_13
+
+    out = tmp_path / "old"
+    legacy = {**SMALLER["dim_tiny_2"], **PRE_ISSUE_13}
+    train(tiny_config(out, steps=2, model_kwargs=legacy), progress=False)
+    ckpt = torch.load(out / "latest.pt", map_location="cpu", weights_only=False)
+    assert "ada_label_emb.weight" not in ckpt["model"]
+    for kwargs in (ckpt["model_args"]["kwargs"], ckpt["config"]["model_kwargs"]):  # as an old dimstudy wrote them
+        for k in PRE_ISSUE_13:
+            del kwargs[k]
+    torch.save(ckpt, out / "latest.pt")
+    with pytest.warns(UserWarning, match="predates issue 13"):
+        model, _ = load_checkpoint(out)
+    assert model.head_cond == "adaln" and model.ada_label_emb is None
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ckpt["ema"]["module"][k])
+    with pytest.warns(UserWarning, match="predates issue 13"):
+        assert train(tiny_config(out, steps=3), progress=False)["resumed_from"] == 2
+    # a current network does not take the old weights silently
+    current = build_model({"name": "dim_tiny_2", "kwargs": {**SMALLER["dim_tiny_2"], "img_size": 16}})
+    with pytest.raises(RuntimeError, match="ada_label_emb.weight"):
+        current.load_state_dict(ckpt["ema"]["module"])

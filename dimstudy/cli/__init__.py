@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from dimstudy.cli import convert as _convert
 from dimstudy.cli import data as _data
 from dimstudy.cli import fid as _fid
 from dimstudy.cli import models as _models
@@ -34,6 +35,7 @@ _speed.register(app)
 _resolution.register(app)
 _study.register(app)
 _data.register(app)
+_convert.register(app)
 
 
 def main() -> None:

@@ -22,6 +22,8 @@ def register(app: typer.Typer) -> None:
         num_reference: Annotated[int | None, typer.Option(help="Reference images (default: the whole split).")] = None,
         split: Annotated[str, typer.Option(help="Reference split: train (the papers' choice) or test.")] = "train",
         fid_weights: Annotated[Path | None, typer.Option(help="Inception weights file (torch-fidelity format).")] = None,
+        preprocess: Annotated[str, typer.Option(help="pytorch-fid (the DiM/U-ViT scripts' resize; for comparisons "
+                                                "with the papers) or torch-fidelity (its TF1-style resize).")] = "pytorch-fid",
         prc: Annotated[bool, typer.Option(help="Also precision/recall.")] = False,
         isc: Annotated[bool, typer.Option(help="Also Inception Score (needs an extractor with logits).")] = False,
         device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when available).")] = None,
@@ -40,7 +42,8 @@ def register(app: typer.Typer) -> None:
         if not samples.is_dir():
             raise FileNotFoundError(f"samples folder {samples} does not exist")
         fid_main(samples, dataset, resolution, num_samples, num_reference=num_reference, data_dir=data_dir,
-                 train=split == "train", fid_weights=fid_weights, prc=prc, isc=isc, device=device)
+                 train=split == "train", fid_weights=fid_weights, prc=prc, isc=isc, preprocess=preprocess,
+                 device=device)
 
     @app.command("encode")
     @friendly

@@ -42,11 +42,16 @@ def register(app: typer.Typer) -> None:
         cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs", help="On CUDA, replay the "
                                                   "network from CUDA graphs (one per batch shape); no effect on "
                                                   "the CPU.")] = True,
+        npz: Annotated[bool, typer.Option("--npz/--no-npz", help="Also write OUT/samples_NxHxWx3.npz, the ADM "
+                                          "evaluation batch (arr_0: uint8, NHWC).")] = False,
+        vae: Annotated[str, typer.Option(help="Latent models: the AutoencoderKL that decodes the samples (hub id or "
+                                         "local folder; needs diffusers).")] = "stabilityai/sd-vae-ft-ema",
     ):
         """Sample images from a trained checkpoint.
 
         Writes OUT/images/000000.png ... (one PNG per image, ready for FID), OUT/grid.png and OUT/sample.json
-        (the settings used).
+        (the settings used); with --npz also the ADM batch. Latent models are decoded with --vae. --ckpt also takes a
+        public DiM checkpoint (nnet_ema.pth or its <step>.ckpt/ directory).
 
         Example: dimstudy sample --ckpt runs/smoke --n 16 --sampler dpm_solver --steps 50 --out samples/smoke
 
@@ -77,14 +82,27 @@ def register(app: typer.Typer) -> None:
             side = target_side(model.img_size, resolution, scale)
         if upsample_guidance:
             upsample = dict(m=upsample_factor(model.img_size, side), theta=ug_theta, eta=ug_eta)
+        latent = model.in_chans not in (1, 3)
         x = draw_samples(model, build_schedule(cfg.schedule), n, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                          labels=y, batch_size=batch_size, seed=seed, device=dev, progress=progress, img_size=side,
-                         upsample=upsample, cuda_graphs=cuda_graphs)
+                         upsample=upsample, cuda_graphs=cuda_graphs, clamp=not latent)
+        if latent:  # SD-VAE latents (x 0.18215) -> images in [-1, 1]
+            from dimstudy.data.latents import decode_latents, load_vae
+
+            decoder = load_vae(vae, dev)
+            x = torch.cat([decode_latents(z, decoder).cpu() for z in x.split(batch_size)])
         save_pngs(x, out / "images")
+        if npz:
+            import numpy as np
+
+            from dimstudy.data.datasets import float_to_uint8
+
+            arr = float_to_uint8(x).expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 3)
+            np.savez(out / f"samples_{'x'.join(map(str, arr.shape))}.npz", arr_0=arr)
         save_grid(x, out / "grid.png")
         meta = dict(ckpt=str(ckpt), model=cfg.model, ema=ema, n=n, sampler=sampler, steps=steps,
                     cfg_scale=cfg_scale, seed=seed, labels=labels, schedule=cfg.schedule,
                     trained_size=model.img_size, size=side, upsample_guidance=upsample,
-                    cuda_graphs=cuda_graphs and dev.type == "cuda")
+                    cuda_graphs=cuda_graphs and dev.type == "cuda", vae=vae if latent else None)
         (out / "sample.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         typer.echo(f"wrote {n} images ({side}x{side}) to {out / 'images'} and the grid {out / 'grid.png'}")

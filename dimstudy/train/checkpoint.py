@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,16 +56,26 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def checkpoint_path(path: str | Path) -> Path:
-    """A run directory means its latest.pt."""
+    """A run directory means its latest.pt; a public DiM `<step>.ckpt/` directory its nnet_ema.pth."""
     path = Path(path)
-    path = path / LATEST if path.is_dir() else path
+    if path.is_dir():
+        path = path / LATEST if (path / LATEST).exists() or not (path / "nnet_ema.pth").exists() else path / "nnet_ema.pth"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return path
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The raw checkpoint dict, tensors on the CPU."""
+    """The raw checkpoint dict, tensors on the CPU.
+
+    A public DiM checkpoint (its nnet_ema.pth / nnet.pth, or their `<step>.ckpt/` directory) is converted on the
+    fly with `dimstudy.convert.public_checkpoint` (the preset of its width and depth), so every command that
+    takes a checkpoint takes either format.
+    """
+    from dimstudy.convert import is_public_checkpoint, public_checkpoint
+
+    if is_public_checkpoint(path):
+        return public_checkpoint(path)
     return torch.load(checkpoint_path(path), map_location="cpu", weights_only=True)
 
 
@@ -78,11 +89,34 @@ def build_model(model_args: dict) -> nn.Module:
         raise ValueError(f"model {model_args['name']!r} rejects its options {model_args['kwargs']}: {e}") from None
 
 
+# DiM before issue 13 (dimstudy 3955df0 and earlier) conditioned its head on the adaLN condition and shared the
+# class token's table with adaLN-single. Its checkpoints lack `ada_label_emb.weight`; they are rebuilt with
+# these options, so they load and run exactly as they were trained (with a warning), never silently refit.
+PRE_ISSUE_13 = {"head_cond": "adaln", "ada_class_table": False}
+
+
+def fit_model_args(model_args: dict, weights: dict, schedule: str | None = None, source: str = "checkpoint") -> dict:
+    """`model_args`, plus PRE_ISSUE_13 when `weights` are a DiM/Mamba network saved before issue 13."""
+    from dimstudy.registry import get_entry
+
+    kwargs = model_args["kwargs"]
+    old = ("ada_proj.1.weight" in weights and "ada_label_emb.weight" not in weights
+           and not set(PRE_ISSUE_13) & set(kwargs) and get_entry(model_args["name"]).family in ("dim", "mamba"))
+    if not old:
+        return model_args
+    msg = (f"{source} predates issue 13 (no separate adaLN class table): rebuilt as it was trained, with "
+           f"{PRE_ISSUE_13}; new training uses the public DiM's conditioning")
+    if schedule and schedule.startswith("ddpm"):
+        msg += "; it was trained on DDPM labels 0..999 and now sees 1..1000 (one label later)"
+    warnings.warn(msg, stacklevel=3)
+    return {**model_args, "kwargs": {**kwargs, **PRE_ISSUE_13}}
+
+
 def load_checkpoint(path: str | Path, *, ema: bool = True, device="cpu") -> tuple[nn.Module, TrainConfig]:
     """(model in eval mode, its TrainConfig) from a checkpoint file or run directory; EMA weights by default."""
     ckpt = read_checkpoint(path)
-    model = build_model(ckpt["model_args"])
     weights = ckpt["ema"]["module"] if ema else ckpt["model"]
+    model = build_model(fit_model_args(ckpt["model_args"], weights, ckpt["config"].get("schedule"), str(path)))
     model.load_state_dict(weights)
     return model.to(device).eval(), TrainConfig.from_dict(ckpt["config"])
 

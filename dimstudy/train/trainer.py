@@ -35,6 +35,7 @@ from dimstudy.train.checkpoint import (
     LATEST,
     build_model,
     capture_rng,
+    fit_model_args,
     read_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -120,9 +121,11 @@ def draw_samples(
     img_size: int | None = None,
     upsample: dict | None = None,
     cuda_graphs: bool = True,
+    clamp: bool = True,
 ) -> torch.Tensor:
     """n images (n, C, H, W) in [-1, 1] on the CPU, drawn in batches from one seeded generator.
 
+    clamp=False keeps the sampler's output as it is: latents (about unit variance) must not be clipped to [-1, 1].
     A class-conditional model (num_classes > 0) gets `labels` (n,), or labels drawn uniformly from the seed.
     img_size: sample at this side instead of the model's own (it interpolates its positional embedding).
     upsample: UpsampleGuidance options {"m", "theta", "eta"}: Eq. (4) guidance, which then applies the CFG.
@@ -149,7 +152,7 @@ def draw_samples(
         x = sample(model, schedule, (b, *shape), sampler=sampler, steps=steps, y=y,
                    cfg_scale=0.0 if eps_fn else cfg_scale, null_class=null_class, generator=g, device=device,
                    progress=progress, eps_fn=eps_fn)
-        out.append(x.clamp(-1, 1).cpu())
+        out.append((x.clamp(-1, 1) if clamp else x).cpu())
     return torch.cat(out)
 
 
@@ -246,6 +249,9 @@ def train(
         num_classes = ds.num_classes if cfg.class_cond else 0
         model_args = {"name": cfg.model, "kwargs": {"img_size": ds.resolution, "in_chans": ds.channels,
                                                      "num_classes": num_classes, **cfg.model_kwargs}}
+        ckpt = read_checkpoint(latest) if resume else None
+        if ckpt is not None:  # a run started before issue 13 continues with the network it began with
+            model_args = fit_model_args(model_args, ckpt["model"], cfg.schedule, str(latest))
         raw = build_model(model_args).to(device)
         if cfg.init_from and not resume:
             raw.load_state_dict(torch.load(cfg.init_from, map_location=device, weights_only=True))
@@ -258,8 +264,7 @@ def train(
         start = 0
         if info.is_main and not resume and (msg := ema_warning(cfg)):
             warnings.warn(msg, stacklevel=2)
-        if resume:
-            ckpt = read_checkpoint(latest)
+        if ckpt is not None:
             _check_resume_config(ckpt["config"], cfg)
             raw.load_state_dict(ckpt["model"])
             ema.load_state_dict(ckpt["ema"])
