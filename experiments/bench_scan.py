@@ -134,13 +134,42 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bw
     return rows
 
 
+def summarize(path: str) -> str:
+    """Markdown: per commit and shape, the default config's row and the best of the sweep (if one ran)."""
+    import json
+
+    rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+    out = ["| commit | shape | mode | config (BD, warps, parts) | mamba-ssm ms | triton ms | speed-up | over floor |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    seen = []
+    for r in rows:
+        key = (r["git_sha"], r["shape"], r["mode"])
+        if key not in seen:
+            seen.append(key)
+    for sha, shape, mode in seen:
+        group = [r for r in rows if (r["git_sha"], r["shape"], r["mode"]) == (sha, shape, mode)]
+        picks = [("default", next((r for r in group if r.get("default_config", True)), group[0]))]
+        best = min(group, key=lambda r: r["ms_triton"])
+        if len(group) > 1 and best is not picks[0][1]:
+            picks.append(("best of sweep", best))
+        for label, r in picks:
+            cfg = f"{r['block_d']}, {r['num_warps']}, {r.get('parts', 1)}" + (" (no prefetch)" if r.get("bwd_prefetch") is False else "")
+            out.append(f"| {sha} | {shape} | {mode} | {label}: {cfg} | {r['ms_mamba_ssm']:.3f} | {r['ms_triton']:.3f} | "
+                       f"{r['speedup']:.2f}x | {r['triton_over_floor']:.1f}x |")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--sweep", action="store_true", help="time every (BD, warps) config too")
     ap.add_argument("--modes", default="fwd,fwd+bwd", help="which of fwd, fwd+bwd to time")
     ap.add_argument("--out", default=None, help="append rows to OUT/scan_bench.jsonl")
+    ap.add_argument("--summary", metavar="JSONL", help="print the Markdown summary of a rows file and exit")
     args = ap.parse_args()
+    if args.summary:
+        print(summarize(args.summary))
+        return
     if mamba_scan is None:
         raise SystemExit("mamba-ssm's kernel is needed as the baseline: pip install --no-build-isolation mamba-ssm")
     bw = copy_bandwidth()
