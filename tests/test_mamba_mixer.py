@@ -90,7 +90,7 @@ def test_unknown_backend_raises_value_error_with_choices():
         Mamba(16, scan_backend="fast")
     m = Mamba(16)
     with pytest.raises(ValueError, match="torch"):
-        m.scan_backend = "triton"
+        m.scan_backend = "mamba3"
     with pytest.raises(ValueError, match="ref"):
         set_scan_backend(nn.Sequential(m), "kernel")
 
