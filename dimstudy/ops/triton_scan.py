@@ -83,6 +83,30 @@ def _load_step(t, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
     return u, dl, Bt, Ct, z
 
 
+@triton.jit
+def _channel_tiles(pid_d, A_ptr, D_ptr, bias_ptr, DIM, NST, BD: tl.constexpr, NP: tl.constexpr,
+                   HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr):
+    """A program's channels: offsets and masks, the (n, d) tile offsets, A log2 e (NP, BD), D and bias (BD,)."""
+    offs_d = pid_d * BD + tl.arange(0, BD)  # (BD,)
+    offs_n = tl.arange(0, NP)  # (NP,)
+    mask_d = offs_d < DIM
+    if EVEN_N:  # n is a power of two: no mask along n
+        mask_n = tl.full([NP], 1, tl.int1)
+    else:
+        mask_n = offs_n < NST
+    mask_dn = mask_n[:, None] & mask_d[None, :]
+    dn_offs = offs_n[:, None] * DIM + offs_d[None, :]  # (NP, BD) tiles of (n, d) memory
+    # exp(dt A) = exp2(dt * A log2 e): one multiply and one ex2 per element
+    A2 = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    Dv = tl.zeros([BD], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.zeros([BD], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    return offs_d, offs_n, mask_d, mask_n, mask_dn, dn_offs, A2, Dv, bias
+
+
 # -- forward ------------------------------------------------------------------------------------------------
 # Grid (channel blocks, batch, sequence parts). With one part, each program walks the whole sequence. With
 # several (small batch * d), a first launch (STATE_ONLY) walks each part from a zero state and keeps only its
@@ -103,24 +127,8 @@ def _scan_fwd_kernel(
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     pid_p = tl.program_id(2)  # sequence part: saved-state chunks [pid_p * CPP, (pid_p + 1) * CPP)
-    offs_d = pid_d * BD + tl.arange(0, BD)  # (BD,)
-    offs_n = tl.arange(0, NP)  # (NP,)
-    mask_d = offs_d < DIM
-    if EVEN_N:  # n is a power of two: no mask along n, so loads of A and the states vectorize
-        mask_n = tl.full([NP], 1, tl.int1)
-    else:
-        mask_n = offs_n < NST
-    mask_dn = mask_n[:, None] & mask_d[None, :]
-    dn_offs = offs_n[:, None] * DIM + offs_d[None, :]  # (NP, BD) tiles of (n, d) memory
-
-    # exp(dt A) = exp2(dt * A log2 e): one multiply and one ex2 per element
-    A2 = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
+    offs_d, offs_n, mask_d, mask_n, mask_dn, dn_offs, A2, Dv, bias = _channel_tiles(
+        pid_d, A_ptr, D_ptr, bias_ptr, DIM, NST, BD, NP, HAS_D, HAS_BIAS, EVEN_N)
 
     b_u, b_dl, b_z = u_ptr + pid_b * s_ub, dl_ptr + pid_b * s_db, z_ptr + pid_b * s_zb
     b_B, b_C, b_y = B_ptr + pid_b * s_Bb, C_ptr + pid_b * s_Cb, y_ptr + pid_b * s_yb
@@ -182,23 +190,8 @@ def _scan_bwd_kernel(
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
-    offs_d = pid_d * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
-    mask_d = offs_d < DIM
-    if EVEN_N:  # n is a power of two: no mask along n, so loads of A and the states vectorize
-        mask_n = tl.full([NP], 1, tl.int1)
-    else:
-        mask_n = offs_n < NST
-    mask_dn = mask_n[:, None] & mask_d[None, :]
-    dn_offs = offs_n[:, None] * DIM + offs_d[None, :]  # (NP, BD) tiles of (n, d) memory
-
-    A2 = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634  # A log2 e
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
+    offs_d, offs_n, mask_d, mask_n, mask_dn, dn_offs, A2, Dv, bias = _channel_tiles(
+        pid_d, A_ptr, D_ptr, bias_ptr, DIM, NST, BD, NP, HAS_D, HAS_BIAS, EVEN_N)
 
     b_u, b_dl, b_z = u_ptr + pid_b * s_ub, dl_ptr + pid_b * s_db, z_ptr + pid_b * s_zb
     b_B, b_C, b_g = B_ptr + pid_b * s_Bb, C_ptr + pid_b * s_Cb, gy_ptr + pid_b * s_gb
