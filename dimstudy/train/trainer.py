@@ -31,6 +31,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
+from dimstudy.ops.mamba import mamba_modules
 from dimstudy.train.checkpoint import (
     LATEST,
     build_model,
@@ -365,6 +366,7 @@ def train(
             "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
             "checkpoint": str(latest), "loss_log": str(log_path),
             "params_digest": params_digest(raw), "ema_init_share": init_share(cfg.ema_decay, cfg.steps, cfg.ema_warmup),
+            "scan_backend": ",".join(sorted({m.last_backend for m in mamba_modules(raw) if m.last_backend})) or None,
         }
         if info.is_main:
             (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
