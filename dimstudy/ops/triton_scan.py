@@ -5,15 +5,17 @@
 Any strides: the kernels read each tensor through its strides, so the (b, l, d) projections of the mixer,
 seen as (b, d, l) through a transpose, go in without a copy, and y comes back in u's layout.
 
-How it runs. One program owns `BD` channels of one batch row and walks the whole sequence, its (BD, n)
-state in registers (float32 whatever the inputs are). A step is one exp2 per state element (the floor of
-this kernel is the special-function unit, not memory: at DiM-H/2's 1024 px shape the exps take ~50 us at
-batch 1 on an H100/H200, the bytes ~26 us), so the grid is made wide by spreading a channel's n states over
-several threads (small `BD`, several programs per warp's worth of channels) rather than by splitting the
-sequence into chunks, which would cost a second pass of exps. Inputs for step t + 1 are loaded while step t
-computes, so a program waits on memory once, not once per step.
+How it runs. One program owns `BD` channels of one batch row (one warp, one channel per lane, all n states of
+that channel in the lane's registers, in float32 whatever the inputs are) and walks the sequence step by step,
+loading step t + 1's inputs while step t computes. A step is one exp2 per state element: the floor of this
+kernel is the special-function units, not memory (at DiM-H/2's 1024 px shape the exps take ~53 us at batch 1
+on an H200, the bytes ~26 us). When batch x channel blocks is too small to fill the GPU (batch 1 and 8 at
+DiM-H/2's width), the forward also splits the sequence into parts walked in parallel, at the price of a
+second pass of exps (see _scan_fwd_kernel). Tiles are (n, d): d is the contiguous axis of every load and
+store, and n stays within a lane, so the per-step sums over n need no shuffles. Measurements, sweeps and the
+version history: results/scan-bench/.
 
-The forward saves the state entering every `CK` steps (b, l / CK, d, n). The backward walks the chunks from
+The forward saves the state entering every `CK` steps, (b, l / CK, n, d). The backward walks the chunks from
 last to first: it recomputes one chunk's states from its saved entry into a small float32 scratch, then runs
 the adjoint recurrence lambda_t = C_t g_t + a_{t+1} lambda_{t+1} backwards over it and forms every gradient
 from lambda_t, h_t and h_{t-1}. Gradients that sum over channels (B, C) are written per block of channels
