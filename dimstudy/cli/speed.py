@@ -38,7 +38,7 @@ def _inject(value: str | None) -> dict[str, str]:
 # -- options of both `speed` and `profile` -------------------------------------------------------------------
 DType = Annotated[str, typer.Option(help="bf16 | fp16 | fp32.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | cuda:N | cpu.")]
-ScanBackendOpt = Annotated[str | None, typer.Option(help="Mamba scan backend: auto | cuda | torch | ref.")]
+ScanBackendOpt = Annotated[str | None, typer.Option(help="Mamba scan backend: auto | triton | cuda | torch | ref.")]
 AttnBackendOpt = Annotated[str | None, typer.Option(help="U-ViT attention backend: sdpa | flash | math.")]
 
 

@@ -39,7 +39,7 @@ EmaWarmup = Annotated[bool | None, typer.Option("--ema-warmup/--no-ema-warmup", 
                                                "at step t: short runs need it.")]
 Precision = Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")]
 Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda.")]
-ScanBackend = Annotated[str | None, typer.Option(help="Selective-scan kernel: auto, torch, ref or cuda.")]
+ScanBackend = Annotated[str | None, typer.Option(help="Selective-scan kernel: auto, triton, cuda, torch or ref.")]
 NumSamples = Annotated[int | None, typer.Option(help="Samples per FID.")]
 Sampler = Annotated[str | None, typer.Option(help="Diffusion sampler for FID: dpm_solver, dpm_solver++, ddim, euler_maruyama.")]
 SampleSteps = Annotated[int | None, typer.Option(help="Sampler steps.")]

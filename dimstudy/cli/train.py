@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
         drop: Annotated[list[str] | None, typer.Option(help="DiM component to switch off (repeat or comma-list): "
                                                         "multi_scan, long_skip, padding_tokens, local_conv.")] = None,
         scan_patterns: Annotated[str | None, typer.Option(help="DiM scan patterns cycled per block, e.g. 1234.")] = None,
-        scan_backend: Annotated[str | None, typer.Option(help="Selective-scan kernel: auto, torch, ref or cuda.")] = None,
+        scan_backend: Annotated[str | None, typer.Option(help="Selective-scan kernel: auto, triton, cuda, torch or ref.")] = None,
         ckpt_every: Annotated[int | None, typer.Option(help="Steps between latest.pt writes.")] = None,
         keep_every: Annotated[int | None, typer.Option(help="Steps between kept numbered checkpoints; 0 = none.")] = None,
         sample_every: Annotated[int | None, typer.Option(help="Steps between EMA sample grids; 0 = none.")] = None,
