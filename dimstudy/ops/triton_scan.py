@@ -359,7 +359,7 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
 
 def _parts(batch: int, dim: int, bd: int, n_ck: int, device: torch.device) -> int:
     """How many sequence parts the forward walks in parallel. One when batch x channel blocks already gives
-    every multiprocessor many programs (16); else about PARTS_TARGET programs per multiprocessor, at most 64
+    every multiprocessor eight programs; else about PARTS_TARGET programs per multiprocessor, at most 64
     parts. The sweeps (results/scan-bench/, H200) put the best at 64 parts for DiM-H/2 at 1024 px, batch 1
     (96 channel blocks) and 32 at batch 8: the second pass's exps cost less than idle units."""
     if PARTS_OVERRIDE is not None:
@@ -368,7 +368,7 @@ def _parts(batch: int, dim: int, bd: int, n_ck: int, device: torch.device) -> in
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     programs = batch * triton.cdiv(dim, bd)
-    if programs >= 16 * sms:
+    if programs >= 8 * sms:
         return 1
     return max(1, min(n_ck, 64, triton.cdiv(PARTS_TARGET * sms, programs)))
 
