@@ -512,7 +512,8 @@ def compute_metrics(samples, reference, *, num_samples: int | None = None, num_r
         out = kid_featuresdict_to_metric(f1, f2, POOL, kid_subset_size=min(1000, n1, n2), **opts)
         result |= {"kid_mean": out[torch_fidelity.KEY_METRIC_KID_MEAN], "kid_std": out[torch_fidelity.KEY_METRIC_KID_STD]}
     if prc:
-        out = prc_featuresdict_to_metric(f1, f2, POOL, **opts)
+        # k-NN radii over all pairs: on the GPU when there is one (50K x 50K distances, in blocks)
+        out = prc_featuresdict_to_metric({POOL: f1[POOL].to(net.device)}, {POOL: f2[POOL].to(net.device)}, POOL, **opts)
         result |= {ours: float(out[_RESULT_KEYS[ours]]) for ours in ("precision", "recall", "f_score")}
     if isc:
         # The usual 10 splits (5,000 images each at 50K); fewer for small sets, at least 100 images a split.
