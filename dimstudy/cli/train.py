@@ -1,4 +1,4 @@
-"""`dimstudy train`: run a TrainConfig, from a TOML preset plus flags (flags win)."""
+"""`dimstudy train`: run a TrainConfig, from a TOML preset plus flags (flags win); `--dry-run` only resolves it."""
 
 from __future__ import annotations
 
@@ -38,11 +38,59 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
+REPO = Path(__file__).resolve().parents[2]
+PRESET_DIRS = (Path("experiments"), REPO / "experiments")  # a preset name is searched here, in this order
+SAMPLE_TABLE = "sample"  # a preset's [sample] table: how its run is sampled for FID (printed, not trained on)
+
+
+def list_presets() -> list[str]:
+    return sorted({p.stem for d in PRESET_DIRS if d.is_dir() for p in d.glob("*.toml")})
+
+
+def resolve_preset(preset: str | Path) -> Path:
+    """A TrainConfig preset: a TOML path, or a name (`imagenet256`) in ./experiments then the repository's."""
+    path = Path(preset).expanduser()
+    if path.suffix == ".toml" or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"no preset file {path}")
+        return path
+    for d in PRESET_DIRS:
+        if (d / f"{preset}.toml").is_file():
+            return d / f"{preset}.toml"
+    raise ValueError(f"unknown preset {str(preset)!r}; valid choices: {', '.join(list_presets())} (or a path to a .toml)")
+
+
+def dry_run(cfg, sample: dict) -> dict:
+    """What `train` would run, without data: the resolved config, the network's size and GMACs (built on the meta
+    device, so DiM-H/2 costs nothing), and the preset's sampling settings.
+
+    The network's input is what the dataset would give: for `latents`, resolution / 8 with 4 channels (the SD
+    VAE that `dimstudy encode` uses), else resolution with 3; model_kwargs override both, and num_classes.
+    """
+    import torch
+
+    from dimstudy.flops import build_on_meta, count_flops, count_params
+
+    latent = cfg.dataset == "latents"
+    kwargs = {"img_size": cfg.resolution // 8 if latent else cfg.resolution, "in_chans": 4 if latent else 3,
+              "num_classes": 1000 if cfg.class_cond else 0,  # a stand-in: training reads the count from the data
+              **cfg.model_kwargs}
+    model = build_on_meta(cfg.model, **kwargs)
+    x = torch.zeros(1, model.in_chans, model.img_size, model.img_size, device="meta")
+    y = torch.zeros(1, dtype=torch.long, device="meta") if model.num_classes else None
+    gmacs = count_flops(model, x, torch.zeros(1, device="meta"), y).gflops
+    return {"config": cfg.to_dict(), "model_args": {"name": cfg.model, "kwargs": kwargs},
+            "params_m": round(count_params(model) / 1e6, 2), "gflops": round(gmacs, 2),
+            "input": f"{model.in_chans}x{model.img_size}x{model.img_size}", **({"sample": sample} if sample else {})}
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train")
     @friendly
     def train(
-        preset: Annotated[Path | None, typer.Option(help="TOML experiment file; its keys are TrainConfig fields.")] = None,
+        preset: Annotated[str | None, typer.Option(help="TOML experiment file or a preset name in experiments/ "
+                                                   "(smoke, imagenet256, imagenet512-ft); its keys are TrainConfig "
+                                                   "fields.")] = None,
         model: Annotated[str | None, typer.Option(help="Registered model, e.g. dim_s_2 (see `dimstudy models`).")] = None,
         dataset: Annotated[str | None, typer.Option(help="digits or photos (both offline), cifar10, folder or latents.")] = None,
         data_dir: Annotated[str | None, typer.Option(help="Where the dataset lives (folder/latents need it).")] = None,
@@ -77,13 +125,19 @@ def register(app: typer.Typer) -> None:
         resume: Annotated[bool | None, typer.Option("--resume/--no-resume", help="Continue from OUT/latest.pt "
                                                     "(default: when it exists).")] = None,
         progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+        dry_run_: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config, the model's size and "
+                                               "GMACs and the preset's sampling settings; touch no data, train nothing.")] = False,
     ):
         """Train a diffusion model; defaults are the paper's CIFAR-10 settings, a preset and flags override them.
 
         Resuming continues the same run exactly (weights, EMA, AdamW, LR schedule, data order, RNG).
         Multi-GPU: torchrun --nproc_per_node 8 $(which dimstudy) train --preset ... (only rank 0 writes).
 
-        Example: dimstudy train --preset experiments/smoke.toml --steps 50 --out runs/smoke --drop long_skip
+        Examples:
+
+          dimstudy train --preset experiments/smoke.toml --steps 50 --out runs/smoke --drop long_skip
+
+          dimstudy train --preset imagenet256 --model dim_l_2 --dry-run
         """
         from dimstudy.components import component_flags
         from dimstudy.train import load_config, train
@@ -101,7 +155,12 @@ def register(app: typer.Typer) -> None:
             seed=seed, out_dir=out, ckpt_every=ckpt_every, keep_every=keep_every, sample_every=sample_every,
             num_workers=num_workers, device=device, compile=compile,
         )
-        cfg = load_config(preset, **{**sets, **{k: v for k, v in flags.items() if v is not None}},
-                          model_kwargs=model_kwargs or None)
+        file = tomllib.loads(resolve_preset(preset).read_text(encoding="utf-8")) if preset is not None else {}
+        sample, file_kwargs = file.pop(SAMPLE_TABLE, {}), file.pop("model_kwargs", {})
+        cfg = load_config(None, **{**file, **sets, **{k: v for k, v in flags.items() if v is not None}},
+                          model_kwargs={**file_kwargs, **model_kwargs} or None)
+        if dry_run_:
+            typer.echo(json.dumps(dry_run(cfg, sample), indent=2))
+            return
         summary = train(cfg, resume=resume, progress=progress)
         typer.echo(json.dumps(summary, indent=2))

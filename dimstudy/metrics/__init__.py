@@ -1,4 +1,5 @@
-"""Sample-quality metrics: FID, KID, precision/recall and IS through torch-fidelity (see `fid`)."""
+"""Sample-quality metrics: FID, sFID, KID, precision/recall and IS on the FID Inception (see `fid`), and
+ADM-format reference `.npz` files (see `reference`)."""
 
 from dimstudy.metrics.fid import (
     EXTRACTORS,
@@ -6,9 +7,12 @@ from dimstudy.metrics.fid import (
     FeatureExtractorUnavailableError,
     compute_metrics,
     fid_main,
+    format_metrics,
     frechet_distance,
+    reference_statistics,
     resolve_extractor,
 )
+from dimstudy.metrics.reference import read_reference_npz, write_stats_npz
 
 __all__ = [
     "EXTRACTORS",
@@ -16,6 +20,10 @@ __all__ = [
     "FeatureExtractorUnavailableError",
     "compute_metrics",
     "fid_main",
+    "format_metrics",
     "frechet_distance",
+    "read_reference_npz",
+    "reference_statistics",
     "resolve_extractor",
+    "write_stats_npz",
 ]
