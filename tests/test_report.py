@@ -240,6 +240,9 @@ def test_a_study_report_shows_its_own_speed_rows_only(results):
     text = build.build_report(results, "syn", log=lambda s: None).read_text()
     assert "## Speed" not in text and "StaleGPU" not in text
     assert not (results / "syn" / "report" / "fig3_speed.png").exists()
+    (results / "syn" / "report" / "speed.md").write_text("stale")  # an earlier report's section goes
+    build.build_report(results, "syn", log=lambda s: None)
+    assert not (results / "syn" / "report" / "speed.md").exists()
 
     _speed_rows(results / "syn", "s1")  # rows of the study's own
     md = build.speed_section(results, results / "out", study="syn")

@@ -329,11 +329,14 @@ def speed_rows(results_dir: Path, study: str | None = None, sweep: str | None = 
 
 
 def speed_section(results_dir: Path, out_dir: Path, study: str | None = None, sweep: str | None = None) -> str | None:
-    """Fig. 3 and the speed summary (dimstudy.report.speed) over the rows `speed_rows` picks; None without rows."""
+    """Fig. 3 and the speed summary (dimstudy.report.speed) over the rows `speed_rows` picks; None without rows
+    (and the section's files an earlier report wrote into out_dir are removed, so none is left stale)."""
     from dimstudy.report.speed import plot_fig3, speed_summary_markdown
 
     df, source = speed_rows(Path(results_dir), study, sweep)
     if df.empty:
+        for name in ("fig3_speed.png", "speed.md"):
+            (Path(out_dir) / name).unlink(missing_ok=True)
         return None
     plot_fig3(df, Path(out_dir) / "fig3_speed.png")
     md = speed_summary_markdown(df).rstrip() + f"\n\nRows: `{source}`.\n\n![Fig. 3](fig3_speed.png)\n"
