@@ -33,10 +33,13 @@ from tqdm.auto import tqdm
 
 from dimstudy.train.checkpoint import (
     LATEST,
+    CheckpointError,
     build_model,
     capture_rng,
     fit_model_args,
-    read_checkpoint,
+    load_file,
+    read_resumable,
+    remove_stale_temps,
     restore_rng,
     save_checkpoint,
 )
@@ -249,12 +252,18 @@ def train(
         num_classes = ds.num_classes if cfg.class_cond else 0
         model_args = {"name": cfg.model, "kwargs": {"img_size": ds.resolution, "in_chans": ds.channels,
                                                      "num_classes": num_classes, **cfg.model_kwargs}}
-        ckpt = read_checkpoint(latest) if resume else None
+        if info.is_main:
+            for p in remove_stale_temps(out):
+                warnings.warn(f"removed {p}, left by a checkpoint writer that was killed mid-write", stacklevel=2)
+        ckpt, source = read_resumable(out, warn=lambda m: warnings.warn(m, stacklevel=3)) if resume else (None, None)
         if ckpt is not None:  # a run started before issue 13 continues with the network it began with
-            model_args = fit_model_args(model_args, ckpt["model"], cfg.schedule, str(latest))
+            model_args = fit_model_args(model_args, ckpt["model"], cfg.schedule, str(source))
         raw = build_model(model_args).to(device)
         if cfg.init_from and not resume:
-            raw.load_state_dict(torch.load(cfg.init_from, map_location=device, weights_only=True))
+            init = load_file(cfg.init_from)
+            if not (isinstance(init, dict) and init and all(torch.is_tensor(v) for v in init.values())):
+                raise CheckpointError(f"init_from {cfg.init_from} is not a state dict of tensors")
+            raw.load_state_dict(init)
         ema = EMA(raw, cfg.ema_decay, cfg.ema_warmup)  # a copy of the starting weights: a fine-tune's EMA is reset to them
         opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_factor(cfg.warmup_steps))
