@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from dimstudy.checks import check_ranges
 from dimstudy.cli.common import friendly
 
 
@@ -37,6 +38,7 @@ def register(app: typer.Typer) -> None:
         """
         from dimstudy.metrics.fid import fid_main
 
+        check_ranges(num_samples=num_samples, num_reference=num_reference, resolution=resolution)
         if split not in ("train", "test"):
             raise ValueError(f"unknown split {split!r}; valid choices: train, test")
         if not samples.is_dir():

@@ -38,11 +38,25 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
+def train_preset(preset: str | None) -> Path | dict | None:
+    """A TOML path as it is; a study preset's name (`smoke`) as its [train] table, out_dir runs/NAME by default."""
+    if preset is None or preset.endswith(".toml") or Path(preset).is_file():
+        if preset is not None and not Path(preset).is_file():
+            raise FileNotFoundError(f"no preset file {preset}")
+        return preset
+    from dimstudy.study.config import resolve_preset
+
+    table = tomllib.loads(resolve_preset(preset).read_text(encoding="utf-8")).get("train", {})
+    return {"out_dir": f"runs/{preset}", **table}
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train")
     @friendly
     def train(
-        preset: Annotated[Path | None, typer.Option(help="TOML experiment file; its keys are TrainConfig fields.")] = None,
+        preset: Annotated[str | None, typer.Option(help="TOML experiment file (its keys are TrainConfig fields), or a "
+                                                   "study preset's name as `ablate --preset` takes it (smoke, "
+                                                   "gpu-small, ...): its [train] table, run in runs/NAME.")] = None,
         model: Annotated[str | None, typer.Option(help="Registered model, e.g. dim_s_2 (see `dimstudy models`).")] = None,
         dataset: Annotated[str | None, typer.Option(help="digits or photos (both offline), cifar10, folder or latents.")] = None,
         data_dir: Annotated[str | None, typer.Option(help="Where the dataset lives (folder/latents need it).")] = None,
@@ -85,6 +99,11 @@ def register(app: typer.Typer) -> None:
 
         Example: dimstudy train --preset experiments/smoke.toml --steps 50 --out runs/smoke --drop long_skip
         """
+        from dimstudy.checks import check_out_dir
+
+        if out is not None:
+            check_out_dir(out)
+
         from dimstudy.components import component_flags
         from dimstudy.train import load_config, train
 
@@ -101,7 +120,7 @@ def register(app: typer.Typer) -> None:
             seed=seed, out_dir=out, ckpt_every=ckpt_every, keep_every=keep_every, sample_every=sample_every,
             num_workers=num_workers, device=device, compile=compile,
         )
-        cfg = load_config(preset, **{**sets, **{k: v for k, v in flags.items() if v is not None}},
+        cfg = load_config(train_preset(preset), **{**sets, **{k: v for k, v in flags.items() if v is not None}},
                           model_kwargs=model_kwargs or None)
         summary = train(cfg, resume=resume, progress=progress)
         typer.echo(json.dumps(summary, indent=2))
