@@ -32,6 +32,8 @@ def files(tmp_path_factory) -> Path:
     (root / "notes.txt").write_text("not a checkpoint\n")
     torch.save(nn.Linear(2, 2).state_dict(), root / "state_dict.pt")
     (root / "a_file").write_text("in the way\n")
+    (root / "images").mkdir()
+    (root / "images" / "broken.png").write_text("not a png\n")
     damaged = root / "damaged-run"  # latest.pt cut off, no numbered checkpoint to fall back to
     damaged.mkdir()
     (damaged / "latest.pt").write_bytes(good[: len(good) // 2])
@@ -65,6 +67,8 @@ def _cases():
         (["train", *TINY, "--lr", "-1", "--out", "{r}/new"], "--lr must be >= 0, got -1.0"),
         (["train", *TINY, "--out", "{r}/a_file/run"], "--out {r}/a_file/run must be a directory, but {r}/a_file is a file"),
         (["train", "--preset", "nope", "--out", "{r}/new"], "unknown preset 'nope'; valid choices: "),
+        (["train", *TINY, "--dataset", "folder", "--data-dir", "{r}/images", "--out", "{r}/new"],
+         "1 of 1 images under {r}/images cannot be read: broken.png (UnidentifiedImageError)"),
         (["finetune", "--from", "{r}/run", "--scale", "2", "--ema-decay", "1.0"], "--ema-decay must be in [0, 1), got 1.0"),
         (["fid", "{r}", "--dataset", "digits", "--num-samples", "1"], "--num-samples must be >= 2, got 1"),
         (["resolution-study", "--from", "{r}/run", "--n", "1"], "--num-samples must be >= 2, got 1"),
