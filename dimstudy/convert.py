@@ -129,7 +129,9 @@ def read_public_state_dict(path: str | Path, ema: bool = True) -> tuple[dict, Pa
         path = path / (PUBLIC_EMA_FILE if ema else PUBLIC_RAW_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"no public DiM checkpoint at {path} (expected {PUBLIC_EMA_FILE} or {PUBLIC_RAW_FILE})")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    from dimstudy.train.checkpoint import load_file
+
+    sd = load_file(path)
     if isinstance(sd, dict) and isinstance(sd.get("module"), dict):  # DeepSpeed model states
         sd = sd["module"]
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
@@ -305,6 +307,12 @@ def is_public_checkpoint(path: str | Path) -> bool:
         return not (path / "latest.pt").exists() and any((path / f).is_file() for f in (PUBLIC_EMA_FILE, PUBLIC_RAW_FILE))
     if not path.is_file():
         return False
-    sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # lazy: no tensor is read
-    sd = sd.get("module", sd) if isinstance(sd, dict) else sd
+    from dimstudy.train.checkpoint import load_file
+
+    return is_public_state_dict(load_file(path))  # memory-mapped: no tensor is read
+
+
+def is_public_state_dict(obj) -> bool:
+    """True for what a public DiM .pth file holds (also DeepSpeed's {'module': ...} and accelerate's `module.`)."""
+    sd = obj.get("module", obj) if isinstance(obj, dict) else obj
     return isinstance(sd, dict) and any(k in sd for k in ("additional_embed", "module.additional_embed"))

@@ -58,6 +58,15 @@ def test_ema_warmup_flag_beats_the_preset(runner_app, tmp_path):
     assert cfg["ema_warmup"] is False and cfg["ema_decay"] == 0.5
 
 
+def test_train_preset_takes_a_study_preset_name_as_ablate_does(runner_app, tmp_path):
+    runner, app = runner_app
+    result = runner.invoke(app, ["train", "--preset", "smoke", "--steps", "1", "--out", str(tmp_path / "r"), *FAST])
+    assert result.exit_code == 0, result.output
+    cfg = read_checkpoint(tmp_path / "r")["config"]
+    assert cfg["model_kwargs"]["d_state"] == 4 and cfg["lr"] == 2e-3  # the smoke study's [train] table
+    assert train_cli.preset_table("smoke")["out_dir"] == "runs/smoke"
+
+
 def test_sample_writes_pngs_and_a_grid(runner_app, smoke_run, tmp_path):
     runner, app = runner_app
     out, _ = smoke_run

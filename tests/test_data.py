@@ -79,6 +79,21 @@ def test_folder_dataset_labels_from_sub_folders(tmp_path):
         build_dataset("folder", 16, data_dir=tmp_path, class_labels=True)
 
 
+def test_unreadable_images_are_listed_in_one_error_before_any_is_used(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ["a.png", "b.png", "c.jpg"]:
+        _write_png(tmp_path / name, rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    good = (tmp_path / "b.png").read_bytes()
+    (tmp_path / "b.png").write_bytes(good[: len(good) // 2])  # cut off
+    (tmp_path / "d.png").write_text("not an image")
+    (tmp_path / "e.png").write_bytes(b"")
+    with pytest.raises(ValueError) as e:
+        build_dataset("folder", 16, data_dir=tmp_path)
+    msg = str(e.value)
+    assert msg.startswith(f"3 of 5 images under {tmp_path} cannot be read: b.png (") and "d.png (" in msg
+    assert "e.png (" in msg and "a.png" not in msg and "c.jpg" not in msg and "\n" not in msg
+
+
 def test_folder_resizes_shorter_side_then_centre_crops(tmp_path):
     # 16 high, 48 wide: black | white | black thirds. The shorter side is already 16, so the centre
     # crop must keep exactly the white middle third.

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from dimstudy.cli import study as study_cli
 from dimstudy.report import build, tables
-from dimstudy.results import append_row
+from dimstudy.results import append_row, read_table
 from dimstudy.study.grid import make_variant
 from dimstudy.study.rows import read_runs, write_row
 
@@ -226,22 +226,60 @@ def test_a_study_report_shows_the_resolution_studies_of_its_own_runs_only(result
     assert build.resolution_section(results, results / "out", {"runs/nowhere"}) is None
 
 
-def test_speed_rows_add_the_fig3_section(results):
-    for model, family, ms in (("dim_tiny_2", "dim", [2.0, 3.0]), ("uvit_tiny_2", "uvit", [1.0, 4.0])):
+def _speed_rows(root: Path, sweep: str, dim_ms=(2.0, 3.0), gpu: str = "FakeGPU") -> None:
+    for model, family, ms in (("dim_tiny_2", "dim", dim_ms), ("uvit_tiny_2", "uvit", (1.0, 4.0))):
         for res, m in zip((32, 64), ms, strict=True):
-            append_row("speed", {"sweep": "s1", "model": model, "alias": family, "family": family, "resolution": res,
+            append_row("speed", {"sweep": sweep, "model": model, "alias": family, "family": family, "resolution": res,
                                  "batch": 1, "dtype": "bf16", "mode": "infer", "status": "ok", "ms": m,
-                                 "log10_it_per_ms": math.log10(1 / m), "gpu": "FakeGPU", "floor_ms": None,
-                                 "timestamp": "2026-01-01T00:00:00+00:00"}, results)
-    md = build.speed_section(results, results / "out")
-    assert md.startswith("## Speed (Fig. 3)") and "FakeGPU" in md and "fig3_speed.png" in md
+                                 "log10_it_per_ms": math.log10(1 / m), "gpu": gpu, "floor_ms": None,
+                                 "timestamp": "2026-01-01T00:00:00+00:00"}, root)
+
+
+def test_a_study_report_shows_its_own_speed_rows_only(results):
+    _speed_rows(results / "other-sweep", "s0", gpu="StaleGPU")  # another folder's sweep: never picked up
+    text = build.build_report(results, "syn", log=lambda s: None).read_text()
+    assert "## Speed" not in text and "StaleGPU" not in text
+    assert not (results / "syn" / "report" / "fig3_speed.png").exists()
+    (results / "syn" / "report" / "speed.md").write_text("stale")  # an earlier report's section goes
+    build.build_report(results, "syn", log=lambda s: None)
+    assert not (results / "syn" / "report" / "speed.md").exists()
+
+    _speed_rows(results / "syn", "s1")  # rows of the study's own
+    md = build.speed_section(results, results / "out", study="syn")
+    assert md.startswith("## Speed (Fig. 3)") and "FakeGPU" in md and "fig3_speed.png" in md and "StaleGPU" not in md
     assert (results / "out" / "fig3_speed.png").stat().st_size > 0
     text = build.build_report(results, "syn", log=lambda s: None).read_text()
-    assert "## Speed (Fig. 3)" in text
+    assert "## Speed (Fig. 3)" in text and "FakeGPU" in text and "StaleGPU" not in text
+
+
+def test_a_named_speed_sweep_is_shown_by_folder_or_by_id(results):
+    _speed_rows(results / "sweeps", "old", dim_ms=(5.0, 6.0), gpu="OldGPU")
+    _speed_rows(results / "sweeps", "new", gpu="NewGPU")
+    text = build.build_report(results, "syn", log=lambda s: None, speed_sweep="old").read_text()
+    assert "OldGPU" in text and "NewGPU" not in text
+    text = build.build_report(results, "syn", log=lambda s: None, speed_sweep="sweeps").read_text()  # its latest
+    assert "NewGPU" in text and "OldGPU" not in text
+    with pytest.raises(ValueError, match="no speed sweep 'nope'.*valid: sweeps, "):
+        build.build_report(results, "syn", log=lambda s: None, speed_sweep="nope")
+
+
+def test_the_speed_plot_is_in_ms_on_a_log_axis(results, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from dimstudy.report.speed import plot_fig3
+
+    _speed_rows(results, "s1")
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)  # keep the figure plot_fig3 made, to read its axes
+    plot_fig3(read_table("speed", results), results / "fig3.png")
+    ax = closed[0].axes[0]
+    assert ax.get_yscale() == "log" and ax.get_ylabel().startswith("ms per iteration")
+    assert sorted(ax.lines[0].get_ydata()) == [2.0, 3.0]  # the ms themselves
 
 
 def test_other_sections_are_skipped_without_rows(tmp_path):
     assert build.speed_section(tmp_path, tmp_path / "out") is None
+    assert build.speed_section(tmp_path, tmp_path / "out", study="syn") is None
     assert build.resolution_section(tmp_path, tmp_path / "out") is None
 
 

@@ -150,10 +150,16 @@ def test_targets_and_scales_are_checked():
 # ---------------------------------------------------------------- fine-tune
 
 
-def test_finetune_starts_from_the_adapted_weights_with_ema_reset_to_them(low_ckpt, tmp_path):
+def test_finetune_starts_from_the_adapted_weights_with_ema_reset_to_them(low_ckpt, tmp_path, monkeypatch):
+    import dimstudy.train.trainer as trainer
+
+    class FrozenEMA(trainer.EMA):  # an EMA that never moves (decay 1, which options refuse) stays where it started:
+        def update(self, model, t=0):  # it must equal the loaded weights, not a fresh init
+            pass
+
+    monkeypatch.setattr(trainer, "EMA", FrozenEMA)
     out = tmp_path / "ft"
-    # decay 1 keeps the EMA where it started: it must equal the loaded weights, not a fresh init
-    summary = finetune(low_ckpt, scale=2, out_dir=out, steps=2, batch_size=4, warmup_steps=0, ema_decay=1.0,
+    summary = finetune(low_ckpt, scale=2, out_dir=out, steps=2, batch_size=4, warmup_steps=0, ema_decay=0.5,
                        num_workers=0, device="cpu", progress=False)
     assert summary["steps"] == 2 and summary["finetuned_from"] == str(low_ckpt / "latest.pt")
     adapted = load_at_resolution(low_ckpt, scale=2)[0].state_dict()

@@ -463,3 +463,16 @@ def test_a_study_whose_ema_would_stay_mostly_the_init_says_so_before_training(cl
                                    "still 37% the initial ones") in res.output
     res = runner_.invoke(app, [*args, "--study", "b", "--ema-warmup"])
     assert res.exit_code == 0 and "warning: EMA" not in res.output
+
+
+def test_standalone_workers_get_unique_names_from_host_and_pid():
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DIMSTUDY_WORKER"}
+    code = "from dimstudy.study.runner import WORKER_ID; print(WORKER_ID)"
+    names = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
+             for _ in range(2)]
+    assert names[0] != names[1] and all(n.startswith(f"{socket.gethostname()}-") for n in names)

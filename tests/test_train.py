@@ -1,6 +1,7 @@
 """Trainer: exact resume, atomic checkpoints, EMA, warm-up, accumulation, flips, data order, DDP."""
 
 import json
+import os
 import socket
 import warnings
 
@@ -19,7 +20,7 @@ from dimstudy.train import (
     save_checkpoint,
     train,
 )
-from dimstudy.train.checkpoint import CHECKPOINT_KEYS, build_model
+from dimstudy.train.checkpoint import CHECKPOINT_KEYS, CheckpointError, build_model, load_file
 from dimstudy.train.distributed import DistInfo, StepBatchSampler
 from dimstudy.train.trainer import accumulate_grads, params_digest, random_hflip, warmup_factor
 
@@ -142,7 +143,7 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, mo
         save_checkpoint({"step": 2, "w": torch.zeros(1000)}, path)
     monkeypatch.undo()
     assert path.read_bytes() == before
-    assert read_checkpoint(path)["step"] == 1
+    assert load_file(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]  # no temp file left behind
 
 
@@ -150,6 +151,72 @@ def test_numbered_checkpoints_are_kept_alongside_latest(tmp_path):
     train(tiny_config(tmp_path, steps=4, keep_every=2), progress=False)
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["latest.pt", "step_00000002.pt", "step_00000004.pt"]
     assert read_checkpoint(tmp_path / "step_00000002.pt")["step"] == 2
+
+
+def test_a_damaged_latest_resumes_from_the_previous_numbered_checkpoint(tmp_path):
+    train(tiny_config(tmp_path / "full", steps=8), progress=False)
+    split = tmp_path / "split"
+    train(tiny_config(split, steps=6, keep_every=2), progress=False)
+    with open(split / "latest.pt", "r+b") as f:  # cut off in place: step_00000006.pt, its hard link, goes with it
+        f.truncate(100)
+    with pytest.warns(UserWarning, match=r"latest.pt is not a readable checkpoint: a torch archive cut off at 100 "
+                                         r"bytes \(truncated\); resuming from step_00000004.pt \(step 4\) instead"):
+        resumed = train(tiny_config(split, steps=8, keep_every=2), progress=False)
+    assert resumed["resumed_from"] == 4 and resumed["steps_this_run"] == 4
+    a, b = read_log(tmp_path / "full"), read_log(split)
+    assert [r["step"] for r in b] == list(range(1, 9))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]  # ==, not allclose
+    (split / "latest.pt").write_bytes(b"")
+    for p in split.glob("step_*.pt"):
+        p.unlink()
+    with pytest.raises(CheckpointError, match=r"latest.pt is empty \(0 bytes\), not a checkpoint, and no readable "
+                                              r"numbered checkpoint"):
+        train(tiny_config(split, steps=9), progress=False)
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, live = tmp_path / f".latest.pt.{dead.pid}.tmp", tmp_path / f".latest.pt.{os.getppid()}.tmp"
+    stale.write_bytes(b"PK\x03\x04 half")
+    live.write_bytes(b"PK\x03\x04 being written")
+    with pytest.warns(UserWarning, match="killed mid-write"):
+        train(tiny_config(tmp_path, steps=2), progress=False)
+    assert not stale.exists() and live.exists()  # a live writer's file is left alone
+    stale.write_bytes(b"again")  # and every checkpoint write clears them too
+    save_checkpoint({"step": 0}, tmp_path / "other.pt")
+    assert not stale.exists()
+
+
+def _state_dict_file(path):
+    torch.save(nn.Linear(2, 2).state_dict(), path)
+
+
+@pytest.mark.parametrize(
+    "make, said",
+    [
+        (lambda p: p.write_bytes(b""), "is empty (0 bytes), not a checkpoint"),
+        (lambda p: p.write_bytes(p.with_name("good.pt").read_bytes()[:100]), "a torch archive cut off at 100 bytes"),
+        (lambda p: p.write_text("hello\n"), "a text file of 6 bytes"),
+        (lambda p: p.write_bytes(bytes(range(256)) * 4), "1024 bytes of unknown binary data"),
+        (_state_dict_file, "is a plain state dict (2 tensors) without the run's config: a public DiM file converts "
+                           "with `dimstudy convert --from dim-public"),
+        (lambda p: torch.save({"step": 3}, p), "is not a dimstudy checkpoint: a dict with keys step, lacking model, ema"),
+        (lambda p: torch.save([1, 2], p), "is not a dimstudy checkpoint: it holds a list"),
+    ],
+    ids=["empty", "truncated", "text", "binary", "state-dict", "foreign-dict", "list"],
+)
+def test_an_unusable_checkpoint_is_one_line_naming_the_file_and_what_it_is(tiny_run, tmp_path, make, said):
+    out, _ = tiny_run
+    (tmp_path / "good.pt").write_bytes((out / "latest.pt").read_bytes())
+    bad = tmp_path / "bad.pt"
+    make(bad)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(bad)
+    assert str(e.value).startswith(str(bad)) and said in str(e.value) and "\n" not in str(e.value)
 
 
 def test_ema_update_is_the_exponential_average():

@@ -33,18 +33,11 @@ from pathlib import Path
 
 import torch
 
+from dimstudy.train.trainer import resolve_device  # noqa: F401  (the one device check; bench modules import it from here)
+
 ROW_MARKER = "DIMSTUDY_ROW "  # the worker's answer line; anything else a library prints is ignored
 STATUSES = ("ok", "oom", "error", "timeout", "skipped")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device here; use --device cpu")
-    return dev
 
 
 # -- timing one callable in this process --------------------------------------------------------------

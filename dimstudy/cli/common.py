@@ -1,4 +1,8 @@
-"""What every command shares: one-line errors instead of tracebacks, comma-separated list options."""
+"""What every command shares: one-line errors instead of tracebacks, comma-separated list options.
+
+Nothing here imports torch: `dimstudy --help` and every command's `--help` only build the option tables, and each
+command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +11,48 @@ import sys
 
 import typer
 
-from dimstudy.data.datasets import DatasetUnavailableError
-from dimstudy.ops.selective_scan import BackendUnavailableError
-
 
 class UserError(Exception):
     """Bad input or missing prerequisite: reported as one line, exit code 2."""
 
 
-def _feature_extractor_error() -> tuple[type[Exception], ...]:
-    try:  # metrics needs torch-fidelity; without it there is no such error to catch
-        from dimstudy.metrics.fid import FeatureExtractorUnavailableError
-    except ImportError:
-        return ()
-    return (FeatureExtractorUnavailableError,)
+# Errors a user can fix, by class name (their modules import torch, so they are not imported to catch them):
+# ValueError covers dimstudy's CheckpointError and ConversionError.
+USER_ERRORS = ("UserError", "ValueError", "FileNotFoundError", "NotADirectoryError", "BackendUnavailableError",
+               "DatasetUnavailableError", "FeatureExtractorUnavailableError")
+SIZE_OPTIONS = ("resolution", "scale", "batch_size", "n", "num_samples", "num_reference", "model", "batch")
 
 
-USER_ERRORS = (UserError, ValueError, BackendUnavailableError, FileNotFoundError, DatasetUnavailableError,
-               *_feature_extractor_error())
+def _is_oom(e: BaseException) -> bool:
+    """torch's CUDA out-of-memory error, or the CPU allocator's refusal (a RuntimeError)."""
+    text = str(e)
+    return type(e).__name__ == "OutOfMemoryError" or (
+        isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def friendly(fn):
-    """Turn the errors a user can fix into `error: <one line>` on stderr and exit code 2."""
+    """Turn the errors a user can fix, and running out of memory, into `error: <one line>` on stderr, exit code 2.
+
+    Out of memory names the sizes the command was asked for (its --resolution, --batch-size, ... options).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        except Exception as e:
+            if _is_oom(e):
+                asked = ", ".join(f"--{k.replace('_', '-')} {kwargs[k]}" for k in SIZE_OPTIONS if kwargs.get(k) is not None)
+                msg = (f"out of memory{' at ' + asked if asked else ''} ({_first_line(e)[:200]}); "
+                       "try a smaller size or batch")
+            elif any(c.__name__ in USER_ERRORS for c in type(e).__mro__):
+                msg = _first_line(e)
+            else:
+                raise
             typer.echo(f"error: {msg}", err=True)
             sys.stderr.flush()
             raise typer.Exit(2) from None

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from dimstudy.checks import check_ranges
 from dimstudy.cli.common import friendly
 
 PREPROCESS_HELP = ("pytorch-fid (the DiM/U-ViT scripts' resize; for comparisons with the papers) or torch-fidelity "
@@ -66,6 +67,7 @@ def register(app: typer.Typer) -> None:
         from dimstudy.metrics.fid import compute_metrics, format_metrics
 
         _check_common(split, preprocess)
+        check_ranges(num_samples=num_samples, num_reference=num_reference, resolution=resolution)
         if not samples.is_dir() and not (samples.suffix == ".npz" and samples.is_file()):
             raise FileNotFoundError(f"samples: {samples} is neither a folder of images nor an .npz file")
         reference = ref_npz if ref_npz is not None else dataset

@@ -56,6 +56,12 @@ def register(app: typer.Typer) -> None:
 
         Example: dimstudy finetune --from runs/smoke --scale 2 --steps 200 --out runs/smoke-ft32
         """
+        from dimstudy.checks import check_ranges
+
+        check_ranges(resolution=resolution, scale=scale, steps=steps, batch_size=batch_size, lr=lr,
+                     weight_decay=weight_decay, warmup_steps=warmup_steps, ema_decay=ema_decay, ckpt_every=ckpt_every,
+                     sample_every=sample_every, num_workers=num_workers)
+
         from dimstudy.resolution import finetune as run_finetune
 
         flags = dict(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
@@ -108,6 +114,16 @@ def register(app: typer.Typer) -> None:
 
         Example: dimstudy resolution-study --from runs/smoke --scale 2 --out runs/res-smoke
         """
+        from dimstudy.checks import check_out_dir, check_ranges
+
+        check_ranges(scale=scale, n=n, steps=steps, ug_theta=ug_theta, ug_eta=ug_eta, cfg_scale=cfg_scale,
+                     batch_size=batch_size, num_reference=num_reference, lr=ft_lr)
+        check_ranges(steps=ft_steps, batch_size=ft_batch_size)
+        if n < 2:  # each method's FID needs two samples at least
+            check_ranges(num_samples=n)
+        if out is not None:
+            check_out_dir(out)
+
         from dimstudy.resolution import resolution_study as run_study
 
         ft = {**parse_set(set_ or []), **{k: v for k, v in dict(batch_size=ft_batch_size, lr=ft_lr).items() if v is not None}}

@@ -58,6 +58,12 @@ def register(app: typer.Typer) -> None:
         Training-free 2x: dimstudy sample --ckpt runs/smoke --scale 2 --upsample-guidance --out samples/smoke-x2
         (drop --upsample-guidance for plain high-resolution sampling, to compare).
         """
+        from dimstudy.checks import check_out_dir, check_ranges
+
+        check_ranges(n=n, steps=steps, batch_size=batch_size, cfg_scale=cfg_scale, resolution=resolution, scale=scale,
+                     ug_theta=ug_theta, ug_eta=ug_eta)
+        check_out_dir(out)
+
         import torch
 
         from dimstudy.data import save_pngs
@@ -66,8 +72,6 @@ def register(app: typer.Typer) -> None:
         from dimstudy.train import draw_samples, load_checkpoint, save_grid
         from dimstudy.train.trainer import resolve_device
 
-        if n < 1:
-            raise ValueError(f"--n must be >= 1, got {n}")
         dev = resolve_device(device)
         model, cfg = load_checkpoint(ckpt, ema=ema, device=dev)
         y = None

@@ -274,10 +274,15 @@ def register(app: typer.Typer) -> None:
         out: Annotated[str | None, typer.Option(help="Output directory (default RESULTS/STUDY/report).")] = None,
         storage: Annotated[str | None, typer.Option(help="First gather the rows that workers on other machines "
                                                     "stored in this Optuna storage (needs --study).")] = None,
+        speed_sweep: Annotated[str | None, typer.Option(help="Add this speed sweep's Fig. 3 section: a folder under "
+                                                        "RESULTS with a speed.jsonl (e.g. speed-aligned) or a sweep "
+                                                        "id (default: only the study's own speed rows).")] = None,
     ):
         """Tables (Markdown, LaTeX, CSV) in the layout of the paper's Tab. 4, 6 and 1, plots, and the report.
 
         Example: dimstudy report --study smoke
+
+        With a speed sweep: dimstudy report --study gpu-small --speed-sweep speed-aligned
         """
         from dimstudy.report.build import build_report
 
@@ -289,4 +294,4 @@ def register(app: typer.Typer) -> None:
 
             found, _ = attach(study, storage, results)
             typer.echo(f"gathered {sync_rows(found, Path(results) / study)} row(s) from {storage}")
-        build_report(Path(results), study, out, log=typer.echo)
+        build_report(Path(results), study, out, log=typer.echo, speed_sweep=speed_sweep)

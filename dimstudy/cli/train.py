@@ -84,13 +84,30 @@ def dry_run(cfg, sample: dict) -> dict:
             "input": f"{model.in_chans}x{model.img_size}x{model.img_size}", **({"sample": sample} if sample else {})}
 
 
+def preset_table(preset: str) -> dict:
+    """A preset's keys. A study preset's name, as `ablate --preset` takes it (smoke, gpu-small, ...): its [train]
+    table, run in runs/NAME. Else a TOML path or a name in experiments/ (a TrainConfig file: imagenet256, ...)."""
+    from dimstudy.study.config import list_presets as study_presets
+    from dimstudy.study.config import resolve_preset as resolve_study_preset
+
+    if preset in study_presets():
+        table = tomllib.loads(resolve_study_preset(preset).read_text(encoding="utf-8")).get("train", {})
+        return {"out_dir": f"runs/{preset}", **table}
+    try:
+        return tomllib.loads(resolve_preset(preset).read_text(encoding="utf-8"))
+    except ValueError:
+        raise ValueError(f"unknown preset {str(preset)!r}; valid choices: "
+                         f"{', '.join(sorted(set(list_presets()) | set(study_presets())))} (or a path to a .toml)") from None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train")
     @friendly
     def train(
         preset: Annotated[str | None, typer.Option(help="TOML experiment file or a preset name in experiments/ "
-                                                   "(smoke, imagenet256, imagenet512-ft); its keys are TrainConfig "
-                                                   "fields.")] = None,
+                                                   "(smoke, imagenet256, imagenet512-ft; keys are TrainConfig fields), "
+                                                   "or a study preset's name (gpu-small, ...): its [train] table, run "
+                                                   "in runs/NAME.")] = None,
         model: Annotated[str | None, typer.Option(help="Registered model, e.g. dim_s_2 (see `dimstudy models`).")] = None,
         dataset: Annotated[str | None, typer.Option(help="digits or photos (both offline), cifar10, folder or latents.")] = None,
         data_dir: Annotated[str | None, typer.Option(help="Where the dataset lives (folder/latents need it).")] = None,
@@ -139,6 +156,11 @@ def register(app: typer.Typer) -> None:
 
           dimstudy train --preset imagenet256 --model dim_l_2 --dry-run
         """
+        from dimstudy.checks import check_out_dir
+
+        if out is not None:
+            check_out_dir(out)
+
         from dimstudy.components import component_flags
         from dimstudy.train import load_config, train
 
@@ -155,7 +177,7 @@ def register(app: typer.Typer) -> None:
             seed=seed, out_dir=out, ckpt_every=ckpt_every, keep_every=keep_every, sample_every=sample_every,
             num_workers=num_workers, device=device, compile=compile,
         )
-        file = tomllib.loads(resolve_preset(preset).read_text(encoding="utf-8")) if preset is not None else {}
+        file = preset_table(preset) if preset is not None else {}
         sample, file_kwargs = file.pop(SAMPLE_TABLE, {}), file.pop("model_kwargs", {})
         cfg = load_config(None, **{**file, **sets, **{k: v for k, v in flags.items() if v is not None}},
                           model_kwargs={**file_kwargs, **model_kwargs} or None)

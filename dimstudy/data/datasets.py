@@ -220,6 +220,23 @@ class Cifar10(ImageDataset):
         return x, int(self.labels[i]) if self.num_classes else NO_LABEL
 
 
+def check_images(paths: list[Path], root: Path) -> None:
+    """One ValueError listing every file PIL cannot read (empty, truncated, not an image), before any is used:
+    one bad file in a large folder would otherwise stop a run midway. PIL's verify() reads each file without
+    decoding it."""
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                img.verify()
+        except Exception as e:  # UnidentifiedImageError, OSError (truncated), SyntaxError (bad PNG chunks), ...
+            bad.append(f"{p.relative_to(root)} ({type(e).__name__})")
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(f"{len(bad)} of {len(paths)} images under {root} cannot be read: {', '.join(bad[:5])}{more}; "
+                         "remove or replace them")
+
+
 class ImageFolder(ImageDataset):
     """Every image under `data_dir` (recursive, sorted paths), as RGB.
 
@@ -235,6 +252,7 @@ class ImageFolder(ImageDataset):
         self.paths = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not self.paths:
             raise DatasetUnavailableError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {self.root}")
+        check_images(self.paths, self.root)
         self.classes: list[str] = []
         if class_labels:
             tops = [p.relative_to(self.root).parts for p in self.paths]

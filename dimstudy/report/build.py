@@ -4,7 +4,8 @@ Writes README.md (the report: what the numbers are, then every section), each ta
 and the figures as PNG. Sections, each a function (root, out_dir) -> Markdown or None when it has no data:
 
     Tab. 4 (components), Tab. 6 (scan patterns), sweep, training-loss curves, Tab. 1 (model sizes)
-    speed (Fig. 3)          an adapter around dimstudy.report.speed, over the `speed` table
+    speed (Fig. 3)          an adapter around dimstudy.report.speed, over the study's own `speed` rows or a
+                            sweep the user names (never another folder's rows by default)
     resolution (Sec. 3.3)   dimstudy.report.resolution.write_section over the resolution studies whose
                             low-resolution checkpoint is one of this study's runs
 """
@@ -26,14 +27,20 @@ Log = Callable[[str], None]
 
 
 def build_report(results_dir: str | Path = "results", study: str | None = None, out_dir: str | Path | None = None,
-                 log: Log = print) -> Path | list[Path]:
-    """The report of one study (its README.md path), or of every study under results_dir (a list)."""
+                 log: Log = print, speed_sweep: str | None = None) -> Path | list[Path]:
+    """The report of one study (its README.md path), or of every study under results_dir (a list).
+
+    Its speed section shows the study's own speed rows (`<study>/speed.jsonl`), or the sweep `speed_sweep` names
+    (see `speed_rows`); a study with neither has no speed section.
+    """
     results_dir = Path(results_dir)
     if study is None:
         studies = sorted(p.parent.name for p in results_dir.glob("*/runs.jsonl"))
         if not studies:
             raise FileNotFoundError(f"no study results under {results_dir} (no */runs.jsonl)")
-        return [build_report(results_dir, s, None, log) for s in studies]
+        return [build_report(results_dir, s, None, log, speed_sweep) for s in studies]
+    if speed_sweep is not None:
+        speed_rows(results_dir, study, speed_sweep)  # an unknown sweep stops here, before anything is written
     df = read_runs(results_dir, study)
     if df.empty:
         raise FileNotFoundError(f"no rows for study {study!r}: {results_dir / study / 'runs.jsonl'} is missing or empty")
@@ -46,7 +53,7 @@ def build_report(results_dir: str | Path = "results", study: str | None = None, 
     sections.append(samples_section(df, rel_study))
     sections.append(sizes_section(df, out))
     run_dirs = set(df["run_dir"].dropna().astype(str)) if "run_dir" in df else set()
-    for md in (speed_section(results_dir, out), resolution_section(results_dir, out, run_dirs)):
+    for md in (speed_section(results_dir, out, study, speed_sweep), resolution_section(results_dir, out, run_dirs)):
         if md:
             sections.append(md)
     sections.append(failures_section(df))
@@ -292,19 +299,47 @@ def _table_roots(results_dir: Path, table: str) -> list[Path]:
     return sorted(p.parent for p in results_dir.glob(f"*/{table}.jsonl"))
 
 
-def speed_section(results_dir: Path, out_dir: Path) -> str | None:
-    """Fig. 3 and the speed summary over the latest speed sweep (dimstudy.report.speed); None without rows."""
-    from dimstudy.report.speed import latest_sweep, plot_fig3, speed_summary_markdown
+def speed_rows(results_dir: Path, study: str | None = None, sweep: str | None = None) -> tuple[pd.DataFrame, str]:
+    """(rows, where they are from) of one speed sweep: the one `sweep` names, else the study's own.
 
-    roots = _table_roots(Path(results_dir), "speed")
-    if not roots:
-        return None
-    root = roots[0]
-    df = latest_sweep(read_table("speed", root))
+    `sweep` is a sweep id (the rows' `sweep` column) or the folder under results_dir that holds a speed.jsonl (its
+    latest sweep); an unknown name raises ValueError listing the valid ones. Without `sweep`, a study's report shows
+    the latest sweep of `<results_dir>/<study>/speed.jsonl` only; never rows found elsewhere, which measured something
+    else. Empty rows (and '') when there are none.
+    """
+    from dimstudy.report.speed import latest_sweep
+
+    results_dir = Path(results_dir)
+    if sweep is None:
+        own = results_dir / study if study else None
+        if own is None or not (own / "speed.jsonl").is_file():
+            return pd.DataFrame(), ""
+        return latest_sweep(read_table("speed", own)), str(own / "speed.jsonl")
+    roots = [r for r in (results_dir, *sorted(p.parent for p in results_dir.glob("*/speed.jsonl")))
+             if (r / "speed.jsonl").is_file()]
+    if (results_dir / sweep / "speed.jsonl").is_file():
+        return latest_sweep(read_table("speed", results_dir / sweep)), str(results_dir / sweep / "speed.jsonl")
+    names: list[str] = []
+    for root in roots:
+        df = read_table("speed", root)
+        if "sweep" in df and (df["sweep"] == sweep).any():
+            return df[df["sweep"] == sweep], f"{root / 'speed.jsonl'} (sweep {sweep})"
+        names += [root.name, *df.get("sweep", pd.Series(dtype=str)).dropna().unique()]
+    raise ValueError(f"no speed sweep {sweep!r} under {results_dir}; valid: {', '.join(map(str, names)) or 'none (no speed rows)'}")
+
+
+def speed_section(results_dir: Path, out_dir: Path, study: str | None = None, sweep: str | None = None) -> str | None:
+    """Fig. 3 and the speed summary (dimstudy.report.speed) over the rows `speed_rows` picks; None without rows
+    (and the section's files an earlier report wrote into out_dir are removed, so none is left stale)."""
+    from dimstudy.report.speed import plot_fig3, speed_summary_markdown
+
+    df, source = speed_rows(Path(results_dir), study, sweep)
     if df.empty:
+        for name in ("fig3_speed.png", "speed.md"):
+            (Path(out_dir) / name).unlink(missing_ok=True)
         return None
     plot_fig3(df, Path(out_dir) / "fig3_speed.png")
-    md = speed_summary_markdown(df).rstrip() + f"\n\nRows: `{root / 'speed.jsonl'}`.\n\n![Fig. 3](fig3_speed.png)\n"
+    md = speed_summary_markdown(df).rstrip() + f"\n\nRows: `{source}`.\n\n![Fig. 3](fig3_speed.png)\n"
     (Path(out_dir) / "speed.md").write_text(md, encoding="utf-8")
     return md
 

@@ -52,7 +52,7 @@ def plot_fid(table: pd.DataFrame, path: str | Path, title: str = "", note: str =
     for i, v in zip(x, paper, strict=True):
         axp.text(i, (0 if math.isnan(v) else v), "—" if math.isnan(v) else f"{v:.2f}", ha="center", va="bottom", fontsize=8)
     axp.set_xticks(list(x), labels, rotation=30, ha="right")
-    axp.set_title(f"{paper_col}: CIFAR-10, FID-50K", fontsize=9)
+    axp.set_title(f"{paper_col}\nCIFAR-10, FID-50K", fontsize=9)  # two lines: one is cut off on narrow figures
     axp.grid(axis="y", alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)

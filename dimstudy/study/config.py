@@ -33,6 +33,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 import tomli_w
 
+from dimstudy.checks import check_ranges
 from dimstudy.train.config import TrainConfig
 from dimstudy.train.trainer import RESUME_MAY_CHANGE
 
@@ -65,11 +66,8 @@ class EvalConfig:
         check_types(self)
         if self.reference_split not in ("train", "test"):
             raise ValueError(f"eval.reference_split must be 'train' or 'test', got {self.reference_split!r}")
-        for name in ("num_samples", "steps", "batch_size", "fid_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_samples < 2:
-            raise ValueError("eval.num_samples must be >= 2 (FID needs a covariance)")
+        check_ranges(num_samples=self.num_samples, steps=self.steps, batch_size=self.batch_size,
+                     fid_batch_size=self.fid_batch_size)
 
 
 @dataclass

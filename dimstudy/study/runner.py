@@ -31,7 +31,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +45,9 @@ from dimstudy.study.grid import Variant
 CONFIG_ATTR = "dimstudy_config"  # study user attr: the StudyConfig as a dict, so `worker --study` needs nothing else
 OWNER_ATTR = "dimstudy_worker"  # trial system attr: {"host", "pid", "worker"} of the worker running it
 POLL_S = 2.0  # how often an idle worker looks for work while other workers' trials run
-WORKER_ID = os.environ.get("DIMSTUDY_WORKER", uuid.uuid4().hex[:8])  # names this worker in trial attrs and logs
+# names this worker in trial attrs, result rows and logs: unique across machines and processes (host and pid), so
+# standalone `dimstudy worker`s on one study are told apart; the workers a study spawns add their index
+WORKER_ID = os.environ.get("DIMSTUDY_WORKER") or f"{socket.gethostname()}-{os.getpid()}"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from us instead
 
@@ -350,7 +351,7 @@ def spawn_workers(cfg: StudyConfig, n: int, extra: list[str] | None = None) -> l
     gpus = _gpu_count()
     procs = []
     for i in range(n):
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DIMSTUDY_WORKER": f"w{i}"}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DIMSTUDY_WORKER": f"{WORKER_ID}-w{i}"}
         if gpus >= n * cfg.nproc and n > 1:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(i * cfg.nproc, (i + 1) * cfg.nproc))
         cmd = [sys.executable, "-m", "dimstudy.study", "worker", "--study", cfg.name, "--results", cfg.results_dir,

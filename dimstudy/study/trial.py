@@ -30,6 +30,7 @@ import torch
 from dimstudy.study.cells import cell_identity, cell_train_config, finished_rows
 from dimstudy.study.config import StudyConfig
 from dimstudy.study.rows import bin_curve, final_loss, read_loss_log, write_curve, write_row
+from dimstudy.study.runner import WORKER_ID
 from dimstudy.train.config import TrainConfig, save_config
 from dimstudy.train.ema import init_share
 
@@ -56,7 +57,7 @@ def run_trial(trial: optuna.Trial, cfg: StudyConfig, log: Log = print, progress:
     run_dir = Path(cfg.runs_dir) / cfg.name / run_name
     seed = spec.get("seed", cfg.seeds[0])
     tcfg = cell_train_config(cfg, spec.get("model_kwargs", {}), seed, run_dir, base=tcfg)
-    tag = f"[{os.environ.get('DIMSTUDY_WORKER', 'w0')} trial {trial.number} {spec.get('variant', run_name)} seed {seed}]"
+    tag = f"[{WORKER_ID} trial {trial.number} {spec.get('variant', run_name)} seed {seed}]"
     if kind == "grid" and (done := committed_row(cfg, tcfg)) is not None:
         # A row of this very configuration is already in runs.jsonl (an earlier slot, another machine): the
         # cell is done, whatever this Optuna database says.
@@ -75,7 +76,7 @@ def run_trial(trial: optuna.Trial, cfg: StudyConfig, log: Log = print, progress:
         metrics, eval_info, grid = {}, {}, None
         if not (kind == "sweep" and cfg.sweep.metric == "loss"):
             log(f"{tag} sampling {cfg.eval.num_samples} images ({cfg.eval.sampler}, {cfg.eval.steps} steps) and scoring FID")
-            metrics, eval_info = evaluate(cfg, tcfg, run_dir, cfg.eval.num_samples, seed)
+            metrics, eval_info = evaluate(cfg, tcfg, run_dir, cfg.eval.num_samples, seed, progress=progress)
             grid = eval_info.pop("grid_images")
             log(f"{tag} FID {metrics['fid']:.2f} ({metrics['num_samples']} samples vs {metrics['num_reference']} reference)")
         row = {**base, "status": "ok", **_model_info(tcfg, run_dir), **_train_info(tcfg, train_summary, loss_log),
@@ -116,7 +117,7 @@ def _finish_row(row: dict, cfg: StudyConfig, tcfg: TrainConfig) -> dict:
     from dimstudy.train.trainer import resolve_device
 
     dev = resolve_device(tcfg.device)
-    row.update({**environment(dev), "host": socket.gethostname(), "worker": os.environ.get("DIMSTUDY_WORKER", "w0"),
+    row.update({**environment(dev), "host": socket.gethostname(), "worker": WORKER_ID,
                 "config": {"train": tcfg.to_dict(), "eval": json.loads(json.dumps(cfg.eval.__dict__))}})
     write_row(row, cfg.study_dir)
     return row
@@ -295,11 +296,13 @@ def chunk_seed(seed: int, index: int) -> int:
 
 
 def draw_chunks(model, schedule, n: int, folder: Path, *, sampler: str, steps: int, batch_size: int, seed: int,
-                device, cuda_graphs: bool = True) -> torch.Tensor:
+                device, cuda_graphs: bool = True, progress: bool = False) -> torch.Tensor:
     """n samples as uint8 (n, C, H, W), drawn `batch_size` at a time; chunks already in `folder` are reused.
 
     On CUDA the network is replayed from CUDA graphs (captured once, kept across the chunks) unless
-    `cuda_graphs` is off."""
+    `cuda_graphs` is off. progress: a bar over the images, with their rate and the time left."""
+    from tqdm.auto import tqdm
+
     from dimstudy.data.datasets import float_to_uint8
     from dimstudy.diffusion.graphs import graphed
     from dimstudy.train import draw_samples
@@ -307,23 +310,28 @@ def draw_chunks(model, schedule, n: int, folder: Path, *, sampler: str, steps: i
 
     model = graphed(model, device, cuda_graphs)
     out = []
-    for i, start in enumerate(range(0, n, batch_size)):
-        b = min(batch_size, n - start)
-        path = folder / f"{i:05d}.pt"
-        if path.exists():
-            x = torch.load(path, weights_only=True)["images"]
-            if len(x) == b:
-                out.append(x)
-                continue
-        x = float_to_uint8(draw_samples(model, schedule, b, sampler=sampler, steps=steps, batch_size=b,
-                                        seed=chunk_seed(seed, i), device=device))
-        save_checkpoint({"images": x}, path)  # atomic write
-        out.append(x)
+    with tqdm(total=n, desc="sampling", unit="img", dynamic_ncols=True, disable=not progress) as bar:
+        for i, start in enumerate(range(0, n, batch_size)):
+            b = min(batch_size, n - start)
+            path = folder / f"{i:05d}.pt"
+            if path.exists():
+                x = torch.load(path, weights_only=True)["images"]
+                if len(x) == b:
+                    out.append(x)
+                    bar.update(b)
+                    continue
+            x = float_to_uint8(draw_samples(model, schedule, b, sampler=sampler, steps=steps, batch_size=b,
+                                            seed=chunk_seed(seed, i), device=device))
+            save_checkpoint({"images": x}, path)  # atomic write
+            out.append(x)
+            bar.update(b)
     return torch.cat(out)
 
 
-def evaluate(cfg: StudyConfig, tcfg: TrainConfig, run_dir: Path, n: int, seed: int, tag: str = "final") -> tuple[dict, dict]:
-    """(metrics, info) for the EMA weights in run_dir: n samples with cfg.eval's sampler, FID against the reference."""
+def evaluate(cfg: StudyConfig, tcfg: TrainConfig, run_dir: Path, n: int, seed: int, tag: str = "final",
+             progress: bool = False) -> tuple[dict, dict]:
+    """(metrics, info) for the EMA weights in run_dir: n samples with cfg.eval's sampler, FID against the reference
+    (progress: a bar over the sampling)."""
     from dimstudy.bench.speed import backends_that_ran
     from dimstudy.diffusion import build_schedule
     from dimstudy.metrics import compute_metrics
@@ -336,7 +344,7 @@ def evaluate(cfg: StudyConfig, tcfg: TrainConfig, run_dir: Path, n: int, seed: i
     t0 = time.perf_counter()
     folder = run_dir / "eval" / f"{tag}-{e.sampler}{e.steps}-n{n}-seed{seed}"
     samples = draw_chunks(model, build_schedule(tcfg.schedule), n, folder, sampler=e.sampler, steps=e.steps,
-                          batch_size=e.batch_size, seed=seed, device=device, cuda_graphs=e.cuda_graphs)
+                          batch_size=e.batch_size, seed=seed, device=device, cuda_graphs=e.cuda_graphs, progress=progress)
     backends = backends_that_ran(model)
     if not backends.get("scan_backend") and not backends.get("attn_backend"):  # every chunk came from disk
         with torch.no_grad():

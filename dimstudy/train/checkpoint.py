@@ -4,13 +4,19 @@ A checkpoint is one `torch.save`d dict (see CHECKPOINT_KEYS): the raw model's an
 optimiser, LR scheduler and grad-scaler states, the step, every RNG state, the run config (a dict) and
 the model's constructor arguments, so `load_checkpoint` rebuilds the network without the dataset.
 Everything in it is a tensor or plain Python data, so it loads with `weights_only=True`.
+
+Every checkpoint a command reads goes through `load_file`, which turns a file that is empty, truncated, damaged
+or not a checkpoint at all into one CheckpointError line naming the file and what it is. A run's writers leave
+`.<name>.<pid>.tmp` files only when killed mid-write; `remove_stale_temps` deletes those of dead processes.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +29,10 @@ LATEST = "latest.pt"
 CHECKPOINT_KEYS = ("model", "ema", "optimizer", "scheduler", "scaler", "step", "rng", "config", "model_args", "environment")
 
 
+class CheckpointError(ValueError):
+    """A file that cannot be used as a checkpoint; the message is one line naming the file and what it is."""
+
+
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """Write `state` to `path` atomically: temp file in the same directory, fsync, os.replace.
 
@@ -30,6 +40,7 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -42,6 +53,38 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
         raise
     _fsync_dir(path.parent)  # make the rename itself durable
     return path
+
+
+_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # save_checkpoint's `.<name>.<pid>.tmp`
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete the temp files that writers killed mid-write left in `directory` (their pid is gone); returns them.
+
+    A live writer's temp file is left alone. The pid is this machine's: on a directory shared between machines a
+    temp file of another host's live writer looks dead, but the writer's os.replace only needs the name it holds
+    open, so it fails loudly rather than silently.
+    """
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for p in directory.iterdir():
+        m = _TEMP.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -65,18 +108,100 @@ def checkpoint_path(path: str | Path) -> Path:
     return path
 
 
+def _what(path: Path) -> str:
+    """What a file that torch cannot load looks like, in a few words."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK\x03\x04"):
+        return (f"a damaged torch archive of {size} bytes" if zipfile.is_zipfile(path)
+                else f"a torch archive cut off at {size} bytes (truncated)")
+    if head.startswith(b"\x80"):
+        return f"a pickle of {size} bytes that torch cannot read (truncated, damaged or not a tensor file)"
+    try:
+        head.decode("utf-8")
+        return f"a text file of {size} bytes"
+    except UnicodeDecodeError:
+        return f"{size} bytes of unknown binary data"
+
+
+def load_file(path: str | Path):
+    """torch.load(path) on the CPU with weights_only=True; any file it cannot read becomes one CheckpointError line.
+
+    A zip-format file (what torch.save writes) is memory-mapped: nothing but the pickle is read until a tensor is
+    used, so telling what a large file holds costs little.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception:  # RuntimeError, EOFError, UnpicklingError, ... by the damage; their words say less than _what's
+        raise CheckpointError(f"{path} is not a readable checkpoint: {_what(path)}") from None
+
+
+REQUIRED_KEYS = ("model", "ema", "config", "model_args")  # what loading a network needs of CHECKPOINT_KEYS
+
+
+def _check_checkpoint(obj, path: Path) -> dict:
+    """`obj` if it is a dimstudy checkpoint dict, else a CheckpointError saying what it is instead."""
+    if isinstance(obj, dict) and all(k in obj for k in REQUIRED_KEYS):
+        return obj
+    convert = f"dimstudy convert --from dim-public {path} --model NAME --out NAME.pt"
+    if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
+        raise CheckpointError(f"{path} is a plain state dict ({len(obj)} tensors) without the run's config: a public "
+                              f"DiM file converts with `{convert}`; for a dimstudy run pass its latest.pt or run directory")
+    if isinstance(obj, dict):
+        keys = ", ".join(map(str, list(obj)[:6])) + (", ..." if len(obj) > 6 else "")
+        raise CheckpointError(f"{path} is not a dimstudy checkpoint: a dict with keys {keys or '(none)'}, lacking "
+                              f"{', '.join(k for k in REQUIRED_KEYS if k not in obj)}")
+    raise CheckpointError(f"{path} is not a dimstudy checkpoint: it holds a {type(obj).__name__}")
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """The raw checkpoint dict, tensors on the CPU.
+    """The raw checkpoint dict, tensors on the CPU (memory-mapped).
 
     A public DiM checkpoint (its nnet_ema.pth / nnet.pth, or their `<step>.ckpt/` directory) is converted on the
     fly with `dimstudy.convert.public_checkpoint` (the preset of its width and depth), so every command that
-    takes a checkpoint takes either format.
+    takes a checkpoint takes either format. Anything else raises CheckpointError (see load_file).
     """
-    from dimstudy.convert import is_public_checkpoint, public_checkpoint
+    from dimstudy.convert import is_public_checkpoint, is_public_state_dict, public_checkpoint
 
-    if is_public_checkpoint(path):
+    if Path(path).is_dir() and is_public_checkpoint(path):
         return public_checkpoint(path)
-    return torch.load(checkpoint_path(path), map_location="cpu", weights_only=True)
+    file = checkpoint_path(path)
+    obj = load_file(file)
+    if is_public_state_dict(obj):
+        return public_checkpoint(file)
+    return _check_checkpoint(obj, file)
+
+
+def numbered_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run's kept `step_<N>.pt` checkpoints, newest first."""
+    return sorted(Path(run_dir).glob("step_*.pt"), reverse=True)
+
+
+def read_resumable(run_dir: str | Path, warn=warnings.warn) -> tuple[dict, Path]:
+    """(checkpoint, its path) to resume a run from: its latest.pt, else the newest readable numbered checkpoint.
+
+    When latest.pt cannot be read, `warn` says so and which checkpoint is used instead; with none readable, the
+    CheckpointError of latest.pt is raised.
+    """
+    latest = Path(run_dir) / LATEST
+    try:
+        return read_checkpoint(latest), latest
+    except CheckpointError as e:
+        first = e
+    for p in numbered_checkpoints(run_dir):
+        try:
+            ckpt = read_checkpoint(p)
+        except CheckpointError:
+            continue
+        warn(f"{first}; resuming from {p.name} (step {int(ckpt['step'])}) instead")
+        return ckpt, p
+    raise CheckpointError(f"{first}, and no readable numbered checkpoint (step_*.pt) to resume from instead")
 
 
 def build_model(model_args: dict) -> nn.Module:

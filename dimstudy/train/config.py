@@ -21,7 +21,12 @@ except ModuleNotFoundError:  # Python 3.10
 
 import tomli_w
 
+from dimstudy.checks import check_ranges
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# the numeric fields whose range dimstudy.checks holds (the same limits as the CLI flags of the same name)
+CHECKED = ("resolution", "batch_size", "steps", "grad_accum", "ckpt_every", "log_every", "warmup_steps", "keep_every",
+           "sample_every", "num_workers", "lr", "weight_decay", "ema_decay", "p_uncond", "grad_clip")
 
 
 @dataclass
@@ -69,14 +74,9 @@ class TrainConfig:
             self.p_uncond = 0.1 if self.class_cond else 0.0
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; valid choices: {', '.join(PRECISIONS)}")
-        positive = ("resolution", "batch_size", "steps", "grad_accum", "ckpt_every", "log_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_ranges(**{name: getattr(self, name) for name in CHECKED})
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
-        if not 0.0 <= self.p_uncond < 1.0:
-            raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
 
     def to_dict(self) -> dict:
         """Plain dict (betas as a list), the form stored in checkpoints and result rows."""
@@ -98,12 +98,15 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-def load_config(path: str | Path | None = None, **overrides) -> TrainConfig:
-    """TrainConfig from a TOML file (top-level keys = fields, `[model_kwargs]` table), then overrides.
+def load_config(path: str | Path | dict | None = None, **overrides) -> TrainConfig:
+    """TrainConfig from a TOML file (top-level keys = fields, `[model_kwargs]` table) or such a dict, then overrides.
 
     `model_kwargs` overrides are merged into the file's table rather than replacing it.
     """
-    d = tomllib.loads(Path(path).read_text(encoding="utf-8")) if path is not None else {}
+    if isinstance(path, dict):
+        d = dict(path)
+    else:
+        d = tomllib.loads(Path(path).read_text(encoding="utf-8")) if path is not None else {}
     if overrides.get("model_kwargs"):
         overrides["model_kwargs"] = {**d.get("model_kwargs", {}), **overrides["model_kwargs"]}
     return TrainConfig.from_dict(d, **overrides)

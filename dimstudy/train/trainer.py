@@ -34,10 +34,13 @@ from tqdm.auto import tqdm
 from dimstudy.ops.mamba import mamba_modules
 from dimstudy.train.checkpoint import (
     LATEST,
+    CheckpointError,
     build_model,
     capture_rng,
     fit_model_args,
-    read_checkpoint,
+    load_file,
+    read_resumable,
+    remove_stale_temps,
     restore_rng,
     save_checkpoint,
 )
@@ -53,10 +56,21 @@ RESUME_MAY_CHANGE = frozenset(
 )
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """'auto' -> cuda when there is one, else cpu; a device this machine lacks is one ValueError line."""
+    if str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {str(name)!r}; valid choices: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ValueError(f"--device {name} asked for, but {why}; use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+    return dev
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -237,6 +251,11 @@ def train(
         resume = latest.exists() if resume is None else resume
         if resume and not latest.exists():
             raise FileNotFoundError(f"nothing to resume: {latest} does not exist")
+        if info.is_main:
+            for p in remove_stale_temps(out):
+                warnings.warn(f"removed {p}, left by a checkpoint writer that was killed mid-write", stacklevel=2)
+        # read before the data: a checkpoint that cannot be used stops the run before anything else is touched
+        ckpt, source = read_resumable(out, warn=lambda m: warnings.warn(m, stacklevel=3)) if resume else (None, None)
         per_rank = cfg.batch_size // info.world_size
         if cfg.batch_size % info.world_size or per_rank % cfg.grad_accum:
             raise ValueError(f"batch_size {cfg.batch_size} must split into {info.world_size} ranks x "
@@ -250,12 +269,14 @@ def train(
         num_classes = ds.num_classes if cfg.class_cond else 0
         model_args = {"name": cfg.model, "kwargs": {"img_size": ds.resolution, "in_chans": ds.channels,
                                                      "num_classes": num_classes, **cfg.model_kwargs}}
-        ckpt = read_checkpoint(latest) if resume else None
         if ckpt is not None:  # a run started before issue 13 continues with the network it began with
-            model_args = fit_model_args(model_args, ckpt["model"], cfg.schedule, str(latest))
+            model_args = fit_model_args(model_args, ckpt["model"], cfg.schedule, str(source))
         raw = build_model(model_args).to(device)
         if cfg.init_from and not resume:
-            raw.load_state_dict(torch.load(cfg.init_from, map_location=device, weights_only=True))
+            init = load_file(cfg.init_from)
+            if not (isinstance(init, dict) and init and all(torch.is_tensor(v) for v in init.values())):
+                raise CheckpointError(f"init_from {cfg.init_from} is not a state dict of tensors")
+            raw.load_state_dict(init)
         ema = EMA(raw, cfg.ema_decay, cfg.ema_warmup)  # a copy of the starting weights: a fine-tune's EMA is reset to them
         opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_factor(cfg.warmup_steps))

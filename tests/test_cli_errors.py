@@ -1,0 +1,119 @@
+"""What a new user gets wrong, through the whole `dimstudy` CLI: each case exits 2 with one `error:` line, no
+traceback, and leaves the files it was given as they were (issue 16)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from typer.testing import CliRunner
+
+from dimstudy.cli import app
+from dimstudy.train import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+TINY = ["--model", "dim_tiny_2", "--set", "model_kwargs.dim=32", "--set", "model_kwargs.depth=3",
+        "--set", "model_kwargs.d_state=4", "--dataset", "digits", "--resolution", "16", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    """A tiny trained run, and next to it every kind of file that is not a usable checkpoint."""
+    root = tmp_path_factory.mktemp("cli-errors")
+    run = root / "run"
+    train(TrainConfig(model="dim_tiny_2", model_kwargs={"dim": 32, "depth": 3, "d_state": 4}, dataset="digits",
+                      resolution=16, batch_size=8, steps=2, ckpt_every=2, num_workers=0, device="cpu",
+                      out_dir=str(run), ema_decay=0.5), progress=False)
+    good = (run / "latest.pt").read_bytes()
+    (root / "empty.pt").write_bytes(b"")
+    (root / "head.pt").write_bytes(good[:100])
+    (root / "notes.txt").write_text("not a checkpoint\n")
+    torch.save(nn.Linear(2, 2).state_dict(), root / "state_dict.pt")
+    (root / "a_file").write_text("in the way\n")
+    (root / "images").mkdir()
+    (root / "images" / "broken.png").write_text("not a png\n")
+    damaged = root / "damaged-run"  # latest.pt cut off, no numbered checkpoint to fall back to
+    damaged.mkdir()
+    (damaged / "latest.pt").write_bytes(good[: len(good) // 2])
+    return root
+
+
+def _cases():
+    no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+    c = [
+        # checkpoints given to sample, finetune and a resumed train
+        (["sample", "--ckpt", "{r}/empty.pt"], "{r}/empty.pt is empty (0 bytes), not a checkpoint"),
+        (["sample", "--ckpt", "{r}/head.pt"], "{r}/head.pt is not a readable checkpoint: a torch archive cut off at 100 bytes"),
+        (["sample", "--ckpt", "{r}/notes.txt"], "{r}/notes.txt is not a readable checkpoint: a text file of 17 bytes"),
+        (["sample", "--ckpt", "{r}/state_dict.pt"], "{r}/state_dict.pt is a plain state dict (2 tensors) without the "
+                                                    "run's config: a public DiM file converts with `dimstudy convert"),
+        (["finetune", "--from", "{r}/head.pt", "--scale", "2"], "{r}/head.pt is not a readable checkpoint"),
+        (["finetune", "--from", "{r}/empty.pt", "--scale", "2", "--out", "{r}/ft"], "{r}/empty.pt is empty"),
+        (["resolution-study", "--from", "{r}/state_dict.pt"], "{r}/state_dict.pt is a plain state dict"),
+        (["train", *TINY, "--out", "{r}/damaged-run"], "{r}/damaged-run/latest.pt is not a readable checkpoint: a torch "
+                                                      "archive cut off at"),
+        # values that used to be accepted
+        (["sample", "--ckpt", "{r}/run", "--steps", "0"], "--steps must be >= 1, got 0"),
+        (["sample", "--ckpt", "{r}/run", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["sample", "--ckpt", "{r}/run", "--n", "0"], "--n must be >= 1, got 0"),
+        (["sample", "--ckpt", "{r}/run", "--ug-eta", "1.5"], "--ug-eta must be in [0, 1], got 1.5"),
+        (["sample", "--ckpt", "{r}/run", "--out", "{r}/a_file"], "--out {r}/a_file must be a directory, but {r}/a_file is a file"),
+        (["sample", "--ckpt", "{r}/run", "--device", "tpu7"], "unknown device 'tpu7'; valid choices: auto, cpu, cuda"),
+        (["train", *TINY, "--ema-decay", "1.5", "--out", "{r}/new"], "--ema-decay must be in [0, 1), got 1.5"),
+        (["train", *TINY, "--steps", "0", "--out", "{r}/new"], "--steps must be >= 1, got 0"),
+        (["train", *TINY, "--batch-size", "0", "--out", "{r}/new"], "--batch-size must be >= 1, got 0"),
+        (["train", *TINY, "--lr", "-1", "--out", "{r}/new"], "--lr must be >= 0, got -1.0"),
+        (["train", *TINY, "--out", "{r}/a_file/run"], "--out {r}/a_file/run must be a directory, but {r}/a_file is a file"),
+        (["train", "--preset", "nope", "--out", "{r}/new"], "unknown preset 'nope'; valid choices: "),
+        (["train", *TINY, "--dataset", "folder", "--data-dir", "{r}/images", "--out", "{r}/new"],
+         "1 of 1 images under {r}/images cannot be read: broken.png (UnidentifiedImageError)"),
+        (["finetune", "--from", "{r}/run", "--scale", "2", "--ema-decay", "1.0"], "--ema-decay must be in [0, 1), got 1.0"),
+        (["fid", "{r}", "--dataset", "digits", "--num-samples", "1"], "--num-samples must be >= 2, got 1"),
+        (["resolution-study", "--from", "{r}/run", "--n", "1"], "--num-samples must be >= 2, got 1"),
+        pytest.param(["sample", "--ckpt", "{r}/run", "--device", "cuda"], "--device cuda asked for, but ",
+                     marks=no_cuda, id="sample-cuda"),
+        pytest.param(["train", *TINY, "--device", "cuda", "--out", "{r}/new"], "--device cuda asked for, but ",
+                     marks=no_cuda, id="train-cuda"),
+    ]
+    return c
+
+
+def _snapshot(root: Path) -> dict:
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("args, message", _cases())
+def test_bad_input_exits_2_with_one_line_and_touches_nothing(files, args, message):
+    before = _snapshot(files)
+    result = CliRunner().invoke(app, [a.format(r=files) for a in args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: " + message.format(r=files)), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert _snapshot(files) == before  # no file written, none changed
+
+
+def test_out_of_memory_is_one_line_naming_the_size_asked_for(files, monkeypatch):
+    import dimstudy.train
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB (GPU 0; 80 GiB total)")
+
+    monkeypatch.setattr(dimstudy.train, "draw_samples", oom)
+    result = CliRunner().invoke(app, ["sample", "--ckpt", str(files / "run"), "--resolution", "64", "--batch-size", "8",
+                                      "--out", str(files / "never")])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: out of memory at --resolution 64, --batch-size 8, --n 64 (CUDA out of memory. "
+                             "Tried to allocate 64.00 GiB (GPU 0; 80 GiB total)); try a smaller size or batch\n")
+    assert not (files / "never").exists()
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom dimstudy.cli import app\n"
+            "for c in [None, *(c.name for c in app.registered_commands)]:\n"
+            "    r = CliRunner().invoke(app, [c, '--help'] if c else ['--help'])\n"
+            "    assert r.exit_code == 0, (c, r.output)\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
