@@ -34,6 +34,11 @@ def files(tmp_path_factory) -> Path:
     (root / "a_file").write_text("in the way\n")
     (root / "images").mkdir()
     (root / "images" / "broken.png").write_text("not a png\n")
+    (root / "one").mkdir()  # a samples folder with a single image: no covariance, no FID
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(root / "one" / "a.png")
     damaged = root / "damaged-run"  # latest.pt cut off, no numbered checkpoint to fall back to
     damaged.mkdir()
     (damaged / "latest.pt").write_bytes(good[: len(good) // 2])
@@ -71,6 +76,8 @@ def _cases():
          "1 of 1 images under {r}/images cannot be read: broken.png (UnidentifiedImageError)"),
         (["finetune", "--from", "{r}/run", "--scale", "2", "--ema-decay", "1.0"], "--ema-decay must be in [0, 1), got 1.0"),
         (["fid", "{r}", "--dataset", "digits", "--num-samples", "1"], "--num-samples must be >= 2, got 1"),
+        (["fid", "{r}/one", "--dataset", "digits", "--resolution", "16", "--no-progress"],
+         "samples: FID needs at least 2 images, got 1"),
         (["resolution-study", "--from", "{r}/run", "--n", "1"], "--num-samples must be >= 2, got 1"),
         pytest.param(["sample", "--ckpt", "{r}/run", "--device", "cuda"], "--device cuda asked for, but ",
                      marks=no_cuda, id="sample-cuda"),

@@ -418,7 +418,7 @@ def cli():
 @pytest.mark.parametrize("args, message", [
     (["ablate", "--preset", "smoke", "--drop", "padding_token"],
      "error: unknown component 'padding_token'; valid choices: each, multi_scan, long_skip, padding_tokens, local_conv"),
-    (["ablate", "--preset", "nope"], "error: unknown preset 'nope'; valid choices: gpu-photos, gpu-small, paper, smoke"),
+    (["ablate", "--preset", "nope"], "error: unknown preset 'nope'; valid choices: eight-gpus, gpu-photos, gpu-small, paper, smoke"),
     (["scan-study", "--preset", "smoke", "--patterns", "1239"], "error: unknown scan pattern '9'; valid patterns: 1=row"),
     (["ablate", "--preset", "smoke", "--model", "uvit_tiny_2"], "error: ablations switch DiM's designs, but 'uvit_tiny_2'"),
     (["sweep", "--preset", "smoke", "--space", "lrr=1:2"], "error: unknown sweep parameter 'lrr'"),

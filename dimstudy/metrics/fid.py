@@ -350,6 +350,8 @@ def _image_set(source, n: int | None, what: str, subset_seed: int | None = None)
     n = total if n is None else n
     if n > total:
         raise ValueError(f"{what}: asked for {n} images, only {total} available")
+    if n < 2:  # a covariance needs two images; with one, FID is NaN and scipy's sqrtm fails to converge
+        raise ValueError(f"{what}: FID needs at least 2 images, got {n}")
     if subset_seed is None or n == total:
         indices = torch.arange(n)
     else:
