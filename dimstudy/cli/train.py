@@ -39,25 +39,8 @@ def parse_set(items: list[str]) -> dict:
 
 
 REPO = Path(__file__).resolve().parents[2]
-PRESET_DIRS = (Path("experiments"), REPO / "experiments")  # a preset name is searched here, in this order
+TRAIN_PRESET_DIRS = (Path("experiments"), REPO / "experiments")  # TrainConfig files by name, in this order
 SAMPLE_TABLE = "sample"  # a preset's [sample] table: how its run is sampled for FID (printed, not trained on)
-
-
-def list_presets() -> list[str]:
-    return sorted({p.stem for d in PRESET_DIRS if d.is_dir() for p in d.glob("*.toml")})
-
-
-def resolve_preset(preset: str | Path) -> Path:
-    """A TrainConfig preset: a TOML path, or a name (`imagenet256`) in ./experiments then the repository's."""
-    path = Path(preset).expanduser()
-    if path.suffix == ".toml" or path.is_file():
-        if not path.is_file():
-            raise FileNotFoundError(f"no preset file {path}")
-        return path
-    for d in PRESET_DIRS:
-        if (d / f"{preset}.toml").is_file():
-            return d / f"{preset}.toml"
-    raise ValueError(f"unknown preset {str(preset)!r}; valid choices: {', '.join(list_presets())} (or a path to a .toml)")
 
 
 def dry_run(cfg, sample: dict) -> dict:
@@ -87,17 +70,17 @@ def dry_run(cfg, sample: dict) -> dict:
 def preset_table(preset: str) -> dict:
     """A preset's keys. A study preset's name, as `ablate --preset` takes it (smoke, gpu-small, ...): its [train]
     table, run in runs/NAME. Else a TOML path or a name in experiments/ (a TrainConfig file: imagenet256, ...)."""
-    from dimstudy.study.config import list_presets as study_presets
-    from dimstudy.study.config import resolve_preset as resolve_study_preset
+    from dimstudy.study.config import list_presets, resolve_preset
 
-    if preset in study_presets():
-        table = tomllib.loads(resolve_study_preset(preset).read_text(encoding="utf-8")).get("train", {})
+    if preset in list_presets():
+        table = tomllib.loads(resolve_preset(preset).read_text(encoding="utf-8")).get("train", {})
         return {"out_dir": f"runs/{preset}", **table}
     try:
-        return tomllib.loads(resolve_preset(preset).read_text(encoding="utf-8"))
+        return tomllib.loads(resolve_preset(preset, TRAIN_PRESET_DIRS).read_text(encoding="utf-8"))
     except ValueError:
-        raise ValueError(f"unknown preset {str(preset)!r}; valid choices: "
-                         f"{', '.join(sorted(set(list_presets()) | set(study_presets())))} (or a path to a .toml)") from None
+        names = sorted(set(list_presets()) | set(list_presets(TRAIN_PRESET_DIRS)))
+        raise ValueError(f"unknown preset {str(preset)!r}; valid choices: {', '.join(names)} "
+                         "(or a path to a .toml)") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -197,21 +197,24 @@ def identity_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 # -- presets -------------------------------------------------------------------------------------------------
-def list_presets() -> list[str]:
-    return sorted({p.stem for d in PRESET_DIRS if d.is_dir() for p in d.glob("*.toml")})
+def list_presets(dirs=None) -> list[str]:
+    """Preset names in `dirs` (default: the study presets' folders)."""
+    return sorted({p.stem for d in (dirs or PRESET_DIRS) if d.is_dir() for p in d.glob("*.toml")})
 
 
-def resolve_preset(preset: str | Path) -> Path:
-    """A preset name (`smoke`, searched in ./experiments/studies then the repository's) or a TOML path."""
+def resolve_preset(preset: str | Path, dirs=None) -> Path:
+    """A preset name (`smoke`, searched in `dirs`: default ./experiments/studies then the repository's) or a
+    TOML path."""
+    dirs = dirs or PRESET_DIRS
     path = Path(preset).expanduser()
     if path.suffix == ".toml" or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"no preset file {path}")
         return path
-    for d in PRESET_DIRS:
+    for d in dirs:
         if (d / f"{preset}.toml").is_file():
             return d / f"{preset}.toml"
-    raise ValueError(f"unknown preset {str(preset)!r}; valid choices: {', '.join(list_presets())} (or a path to a .toml)")
+    raise ValueError(f"unknown preset {str(preset)!r}; valid choices: {', '.join(list_presets(dirs))} (or a path to a .toml)")
 
 
 def load_study_config(preset: str | Path | None = None, overrides: dict | None = None) -> StudyConfig:
