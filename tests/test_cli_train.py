@@ -8,6 +8,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from dimstudy.cli import fid as fid_cli
 from dimstudy.cli import sample as sample_cli
 from dimstudy.cli import train as train_cli
 from dimstudy.train import load_config, read_checkpoint
@@ -23,6 +24,7 @@ def runner_app():
     app = typer.Typer()
     train_cli.register(app)
     sample_cli.register(app)
+    fid_cli.register(app)
     return CliRunner(), app
 
 
@@ -103,3 +105,15 @@ def test_parse_set_reads_toml_values_and_dotted_keys():
     assert got == {"lr": 1e-4, "hflip": False, "dataset": "digits", "model_kwargs": {"scan_patterns": "12"}}
     with pytest.raises(ValueError, match="--set expects KEY=VALUE"):
         train_cli.parse_set(["lr"])
+
+
+def test_fid_samples_a_checkpoint_and_scores_it(runner_app, smoke_run):
+    """`fid --ckpt` draws the samples from the run itself (EMA weights) and scores them like a folder."""
+    runner, app = runner_app
+    out, _ = smoke_run
+    result = runner.invoke(app, ["fid", "--ckpt", str(out), "--dataset", "digits", "--resolution", "8", "-n", "6",
+                                 "--num-reference", "20", "--steps", "2", "--no-sfid", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "FID" in result.output and "6 samples" in result.output
+    result = runner.invoke(app, ["fid", str(out), "--ckpt", str(out), "--dataset", "digits"])
+    assert result.exit_code == 2 and "give either SAMPLES (a folder or an .npz) or --ckpt" in result.output

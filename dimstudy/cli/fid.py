@@ -24,12 +24,35 @@ def _check_common(split: str, preprocess: str | None) -> None:
         raise ValueError(f"unknown preprocess {preprocess!r}; valid choices: {', '.join(PREPROCESS)}")
 
 
+def _sample_checkpoint(ckpt: Path, n: int, sampler: str, steps: int, seed: int, batch_size: int, device,
+                       progress: bool):
+    """n EMA samples (n, C, H, W) in [-1, 1] of a checkpoint of either format, at its own size."""
+    from dimstudy.diffusion import build_schedule
+    from dimstudy.train import draw_samples, load_checkpoint
+    from dimstudy.train.trainer import resolve_device
+
+    dev = resolve_device(device or "auto")
+    model, cfg = load_checkpoint(ckpt, ema=True, device=dev)
+    if model.in_chans not in (1, 3):
+        raise ValueError(f"{ckpt} is a latent model ({model.in_chans} channels): decode its samples first, with "
+                         "`dimstudy sample --npz`, then score the .npz")
+    return draw_samples(model, build_schedule(cfg.schedule), n, sampler=sampler, steps=steps, seed=seed,
+                        batch_size=batch_size, device=dev, progress=progress)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("fid")
     @friendly
     def fid(
-        samples: Annotated[Path, typer.Argument(help="Folder of sample images (PNG), e.g. from `dimstudy sample`, "
-                                                "or an ADM batch .npz (arr_0) from `dimstudy sample --npz`.")],
+        samples: Annotated[Path | None, typer.Argument(help="Folder of sample images (PNG), e.g. from `dimstudy "
+                                                       "sample`, or an ADM batch .npz (arr_0) from `dimstudy sample "
+                                                       "--npz`. Or leave it out and give --ckpt.")] = None,
+        ckpt: Annotated[Path | None, typer.Option(help="Sample this checkpoint (a dimstudy run or checkpoint, or a "
+                                                  "public DiM .pth) and score the samples, instead of SAMPLES.")] = None,
+        sampler: Annotated[str, typer.Option(help="With --ckpt: the sampler (dpm_solver, dpm_solver++, ddim, "
+                                             "euler_maruyama).")] = "dpm_solver",
+        steps: Annotated[int, typer.Option(help="With --ckpt: sampler steps.")] = 25,
+        seed: Annotated[int, typer.Option(help="With --ckpt: the samples' seed.")] = 0,
         dataset: Annotated[str, typer.Option(help="Reference dataset (digits, photos, cifar10, folder, ...).")] = "cifar10",
         ref_npz: Annotated[Path | None, typer.Option(help="Reference .npz instead of --dataset: precomputed statistics "
                                                      "(mu, sigma; mu_s, sigma_s for sFID), e.g. ADM's reference "
@@ -62,15 +85,22 @@ def register(app: typer.Typer) -> None:
 
           dimstudy fid runs/smoke/samples --dataset digits --num-reference 500 --prc
 
+          dimstudy fid --ckpt runs/smoke --dataset digits --resolution 16 -n 500 --steps 25
+
           dimstudy fid samples/samples_50000x256x256x3.npz --ref-npz VIRTUAL_imagenet256_labeled.npz --prc
         """
         from dimstudy.metrics.fid import compute_metrics, format_metrics
 
         _check_common(split, preprocess)
-        check_ranges(num_samples=num_samples, num_reference=num_reference, resolution=resolution)
-        if not samples.is_dir() and not (samples.suffix == ".npz" and samples.is_file()):
+        check_ranges(num_samples=num_samples, num_reference=num_reference, resolution=resolution, steps=steps,
+                     batch_size=batch_size)
+        if (samples is None) == (ckpt is None):
+            raise ValueError("give either SAMPLES (a folder or an .npz) or --ckpt, not both and not neither")
+        if samples is not None and not samples.is_dir() and not (samples.suffix == ".npz" and samples.is_file()):
             raise FileNotFoundError(f"samples: {samples} is neither a folder of images nor an .npz file")
         reference = ref_npz if ref_npz is not None else dataset
+        if ckpt is not None:
+            samples = _sample_checkpoint(ckpt, num_samples or 1000, sampler, steps, seed, batch_size, device, progress)
         r = compute_metrics(samples, reference, num_samples=num_samples, num_reference=num_reference,
                             resolution=resolution, data_dir=data_dir, train=split == "train", fid_weights=fid_weights,
                             prc=prc, isc=isc, sfid=sfid, preprocess=preprocess, device=device,
@@ -79,7 +109,8 @@ def register(app: typer.Typer) -> None:
         if results is not None:
             from dimstudy.results import append_row, environment
 
-            row = {"samples": str(samples), "split": split if ref_npz is None else None, **r, **environment(device)}
+            row = {"samples": str(ckpt) if ckpt is not None else str(samples),
+                   "sampled": {"sampler": sampler, "steps": steps, "seed": seed} if ckpt is not None else None, "split": split if ref_npz is None else None, **r, **environment(device)}
             typer.echo(f"row appended to {append_row('fid', row, results)}")
 
     @app.command("fid-stats")
