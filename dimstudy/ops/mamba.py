@@ -173,7 +173,6 @@ class Mamba(nn.Module):
         self.last_backend = "cuda-unfused" if backend == "cuda" else describe_scan_backend(backend)
         return out
 
-
     def _forward_triton(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Channels-last throughout: every projection is a plain Linear on (B, L, .), and the conv and the scan
         read their (B, L, d_inner) inputs through strides, so nothing is transposed or copied."""

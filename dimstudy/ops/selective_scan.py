@@ -19,7 +19,7 @@ last state, like mamba-ssm's, stays in that compute dtype.
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 import math
 import os
 
@@ -250,13 +250,13 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=1)
+# Looked up once, at import and without importing it (Triton's import costs about a second); a plain string,
+# so torch.compile reads it without tracing anything on every mixer call.
+_TRITON_ERROR = "" if importlib.util.find_spec("triton") else "triton is not installed (it ships with torch's Linux wheels)"
+
+
 def _triton_import_error() -> str:
-    try:
-        import triton  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        return f"triton could not be imported ({type(e).__name__}: {e}); it ships with torch's Linux wheels"
-    return ""
+    return _TRITON_ERROR
 
 
 def _triton_missing(device: torch.device | None = None) -> str:
