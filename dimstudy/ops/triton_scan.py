@@ -28,14 +28,11 @@ tensors; the tests use it.
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 import triton
 import triton.language as tl
-
-LOG2E = math.log2(math.e)
 
 
 # -- pieces shared by the two kernels -------------------------------------------------------------------------
@@ -115,7 +112,9 @@ def _channel_tiles(pid_d, A_ptr, D_ptr, bias_ptr, DIM, NST, BD: tl.constexpr, NP
 # end state and its sum of dt; the second starts each part from its true entering state, the parts before it
 # folded in with one decay exp(A * sum dt) each, and writes y. That costs the exps twice but gives the
 # grid enough programs to hide each step's memory latency, which is what bounds a walk at batch 1.
-@triton.jit(do_not_specialize=["DIM"])  # DIM's divisibility would vectorize tiles along d: see _block_config
+# DIM unspecialized: were its divisibility by 16 known, tiles would be vectorized 4-wide along d and n split
+# across lanes (shuffles for every sum over n); as it is, a lane holds one channel's whole state.
+@triton.jit(do_not_specialize=["DIM"])
 def _scan_fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     y_ptr, last_ptr, ck_ptr, end_ptr, dtsum_ptr,
@@ -273,7 +272,7 @@ def _scan_bwd_kernel(
                 tl.store(b_dz + t * s_dzl + o_dz, (g * y_pre * sz * (1.0 + z * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
                          mask=mt)
                 g = g * (z * sz)
-            lam = g[None, :] * Ct[:, None] + carry  # dLoss/dh_t, (BD, NP)
+            lam = g[None, :] * Ct[:, None] + carry  # dLoss/dh_t, (NP, BD)
             dtu = dt * u
             g_dtu = tl.sum(lam * Bt[:, None], axis=0)  # dLoss/d(dt u) per channel
             q = lam * a * h_prev  # dLoss/d(dt A)
@@ -337,6 +336,11 @@ def _fast_exp(x: torch.Tensor) -> bool:
 FAST_EXP = True
 
 
+def _padded_n(n: int) -> int:
+    """The state tile's n: a power of two (tl.arange), at least 2."""
+    return max(2, triton.next_power_of_2(n))
+
+
 def _strides(*tensors):
     return [s for x in tensors for s in x.stride()]
 
@@ -377,17 +381,17 @@ PARTS_TARGET = 192
 PARTS_OVERRIDE: int | None = None
 
 
-def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *, parts=None):
+def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """Launch the forward: y (u's dtype and layout), last state (b, n, d) float32, saved states (b, chunks, n, d).
 
-    `parts` (default: from the grid size) splits the sequence into that many parts walked in parallel.
+    The sequence is walked in _parts(...) parts in parallel (PARTS_OVERRIDE fixes the count).
     """
     _check(u, delta, A, B, C, D, z, delta_bias)
     b, d, length = u.shape
     n = A.shape[1]
     n_ck, ck = _chunking(length)
     bd, warps = _block_config(b, d, u.device)
-    n_part = parts or _parts(b, d, bd, n_ck, u.device)
+    n_part = _parts(b, d, bd, n_ck, u.device)
     cpp = triton.cdiv(n_ck, n_part)  # saved-state chunks per part
     n_part = triton.cdiv(n_ck, cpp)
     f32 = {"device": u.device, "dtype": torch.float32}
@@ -397,7 +401,7 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     ends, dtsums = torch.empty(b, n_part, n, d, **f32), torch.empty(b, n_part, d, **f32)
     A = A.t().contiguous()  # (n, d)
     zz = u if z is None else z
-    np_ = max(2, triton.next_power_of_2(n))
+    np_ = _padded_n(n)
     common = dict(BD=bd, NP=np_, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=delta_softplus, FAST_EXP=_fast_exp(u), EVEN_N=np_ == n, num_warps=warps)
     args = (u, delta, A, B, C, u if D is None else D, zz, u if delta_bias is None else delta_bias,
@@ -415,7 +419,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, gr
     n_ck, ck = _chunking(length)
     bd, warps = _block_config(b, d, u.device, backward=True)
     nb = triton.cdiv(d, bd)
-    np_ = max(2, triton.next_power_of_2(n))
+    np_ = _padded_n(n)
     f32 = {"device": u.device, "dtype": torch.float32}
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else du
