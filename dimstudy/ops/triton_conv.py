@@ -20,22 +20,45 @@ BL, BD = 32, 64  # time steps x channels per program
 
 
 @triton.jit
+def _tile(pid_l, pid_d, DIM, BL: tl.constexpr, BD: tl.constexpr):
+    """A program's (time, channel) tile: offsets and the channel mask."""
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    return pid_l * BL + tl.arange(0, BL), offs_d, offs_d < DIM
+
+
+@triton.jit
+def _x_at(xb, s_xl, src, offs_d, mask_d, L):
+    """x at time steps `src` (BL,) as float32 (BL, BD); zero outside [0, L): the causal padding."""
+    m = (src >= 0)[:, None] & (src < L)[:, None] & mask_d[None, :]
+    return tl.load(xb + src[:, None] * s_xl + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _pre_activation(xb, s_xl, w_ptr, bias, out_t, offs_d, mask_d, L, K: tl.constexpr):
+    """bias + sum_k w[:, k] x[out_t - K + 1 + k]: the conv's output at time steps `out_t`, before the SiLU."""
+    pre = tl.zeros([out_t.shape[0], offs_d.shape[0]], dtype=tl.float32) + bias[None, :]
+    for k in tl.static_range(K):
+        w = tl.load(w_ptr + offs_d * K + k, mask=mask_d, other=0.0).to(tl.float32)
+        pre += _x_at(xb, s_xl, out_t - (K - 1) + k, offs_d, mask_d, L) * w[None, :]
+    return pre
+
+
+@triton.jit
+def _load_bias(b_ptr, offs_d, mask_d, BD: tl.constexpr, HAS_BIAS: tl.constexpr):
+    if HAS_BIAS:
+        return tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        return tl.zeros([BD], dtype=tl.float32)
+
+
+@triton.jit
 def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, L, DIM, s_xb, s_xl, s_ob, s_ol,
                      K: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SILU: tl.constexpr):
-    pid_l, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    offs_t = pid_l * BL + tl.arange(0, BL)
-    offs_d = pid_d * BD + tl.arange(0, BD)
-    mask_d = offs_d < DIM
-    xb = x_ptr + pid_b * s_xb
-    acc = tl.zeros([BL, BD], dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-    for k in tl.static_range(K):
-        src = offs_t - (K - 1) + k
-        m = (src >= 0)[:, None] & (src < L)[:, None] & mask_d[None, :]
-        xv = tl.load(xb + src[:, None] * s_xl + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
-        acc += xv * tl.load(w_ptr + offs_d * K + k, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_t, offs_d, mask_d = _tile(tl.program_id(0), tl.program_id(1), DIM, BL, BD)
+    bias = _load_bias(b_ptr, offs_d, mask_d, BD, HAS_BIAS)
+    acc = _pre_activation(x_ptr + pid_b * s_xb, s_xl, w_ptr, bias, offs_t, offs_d, mask_d, L, K)
     if SILU:
         acc = acc * tl.sigmoid(acc)
     m_out = (offs_t < L)[:, None] & mask_d[None, :]
@@ -48,27 +71,17 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, g_ptr, dx_ptr, dw_ptr, db_ptr, L, DIM,
                      s_xb, s_xl, s_gb, s_gl, s_dxb, s_dxl,
                      K: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SILU: tl.constexpr):
-    pid_l, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    offs_t = pid_l * BL + tl.arange(0, BL)
-    offs_d = pid_d * BD + tl.arange(0, BD)
-    mask_d = offs_d < DIM
+    pid_l, pid_b = tl.program_id(0), tl.program_id(2).to(tl.int64)
+    offs_t, offs_d, mask_d = _tile(pid_l, tl.program_id(1), DIM, BL, BD)
     xb, gb = x_ptr + pid_b * s_xb, g_ptr + pid_b * s_gb
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
+    bias = _load_bias(b_ptr, offs_d, mask_d, BD, HAS_BIAS)
     dx = tl.zeros([BL, BD], dtype=tl.float32)
     part = (pid_b * NL + pid_l) * DIM  # this tile's row of the (b * n_tiles, d[, K]) partial sums
     # Input t feeds outputs t + j, j = 0..K-1, through weight K - 1 - j: recompute each one's gradient
     # at its pre-activation (j = 0 is this tile's own outputs, which also give dweight and dbias).
     for j in tl.static_range(K):
         tj = offs_t + j
-        pre = tl.zeros([BL, BD], dtype=tl.float32) + bias[None, :]
-        for k in tl.static_range(K):
-            src = tj - (K - 1) + k
-            m = (src >= 0)[:, None] & (src < L)[:, None] & mask_d[None, :]
-            xv = tl.load(xb + src[:, None] * s_xl + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
-            pre += xv * tl.load(w_ptr + offs_d * K + k, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+        pre = _pre_activation(xb, s_xl, w_ptr, bias, tj, offs_d, mask_d, L, K)
         m_out = (tj < L)[:, None] & mask_d[None, :]
         g = tl.load(gb + tj[:, None] * s_gl + offs_d[None, :], mask=m_out, other=0.0).to(tl.float32)
         if SILU:
@@ -79,9 +92,7 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, g_ptr, dx_ptr, dw_ptr, db_ptr, L, DIM,
             if HAS_BIAS:
                 tl.store(db_ptr + part + offs_d, tl.sum(g, axis=0), mask=mask_d)
             for k in tl.static_range(K):
-                src = offs_t - (K - 1) + k
-                m = (src >= 0)[:, None] & (src < L)[:, None] & mask_d[None, :]
-                xv = tl.load(xb + src[:, None] * s_xl + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
+                xv = _x_at(xb, s_xl, offs_t - (K - 1) + k, offs_d, mask_d, L)
                 tl.store(dw_ptr + (part + offs_d) * K + k, tl.sum(g * xv, axis=0), mask=mask_d)
     m_in = (offs_t < L)[:, None] & mask_d[None, :]
     tl.store(dx_ptr + pid_b * s_dxb + offs_t[:, None] * s_dxl + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty),
