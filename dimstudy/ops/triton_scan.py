@@ -177,6 +177,39 @@ def _scan_fwd_kernel(
 
 
 # -- backward -----------------------------------------------------------------------------------------------
+@triton.jit
+def _halve(v, lane, BIT: tl.constexpr):
+    """One level of a reduce-scatter over d: (2 h, BD) -> (h, BD). The channels whose index has bit BIT set keep
+    the upper half of n and send the lower half to the channel at index ^ (1 << BIT), which keeps the lower."""
+    NH: tl.constexpr = v.shape[0] // 2
+    BD: tl.constexpr = v.shape[1]
+    lo, hi = tl.split(tl.permute(tl.reshape(v, (2, NH, BD)), (1, 2, 0)))  # n in [0, NH), [NH, 2 NH)
+    up = ((lane >> BIT) & 1)[None, :] == 1
+    partner = tl.broadcast_to((lane ^ (1 << BIT))[None, :], (NH, BD))
+    return tl.where(up, hi, lo) + tl.gather(tl.where(up, lo, hi), partner, axis=1)
+
+
+@triton.jit
+def _sum_over_d(v, lane, LOG_N: tl.constexpr, LOG_BD: tl.constexpr):
+    """(NP, BD) -> (BD,): the sum over d of v, reduce-scattered. Entry i holds n = i >> (LOG_BD - LOG_N), and
+    every entry of one n holds the same sum. With d across a warp's lanes (one channel per lane), the gathers
+    are lane shuffles: 2 NP - 1 + (LOG_BD - LOG_N) of them, where a sum per n (tl.sum) takes NP LOG_BD."""
+    if LOG_N >= 1:
+        v = _halve(v, lane, LOG_BD - 1)
+    if LOG_N >= 2:
+        v = _halve(v, lane, LOG_BD - 2)
+    if LOG_N >= 3:
+        v = _halve(v, lane, LOG_BD - 3)
+    if LOG_N >= 4:
+        v = _halve(v, lane, LOG_BD - 4)
+    if LOG_N >= 5:
+        v = _halve(v, lane, LOG_BD - 5)
+    s = tl.reshape(v, (v.shape[1],))
+    for bit in tl.static_range(LOG_BD - LOG_N):  # the channels that still hold the same n
+        s += tl.gather(s, lane ^ (1 << bit), axis=0)
+    return s
+
+
 @triton.jit(do_not_specialize=["DIM", "SROW"])
 def _scan_bwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ck_ptr, gy_ptr, glast_ptr,
@@ -188,6 +221,7 @@ def _scan_bwd_kernel(
     BD: tl.constexpr, NP: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_GLAST: tl.constexpr, FAST_EXP: tl.constexpr, EVEN_N: tl.constexpr, PREFETCH: tl.constexpr,
+    LOG_N: tl.constexpr, LOG_BD: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -207,6 +241,9 @@ def _scan_bwd_kernel(
     scr = scr_ptr + (pid_b * tl.num_programs(0) + pid_d) * (CK + 1) * BD * NP \
         + offs_n[:, None] * SROW + tl.arange(0, BD)[None, :]  # SROW = BD, unspecialized: no vectors along d
 
+    lane = tl.arange(0, BD)  # a channel's index within the block
+    n_of_lane = lane >> (LOG_BD - LOG_N)  # which n the reduce-scatter leaves in it (LOG_N > 0)
+    first_of_n = ((lane & ((1 << (LOG_BD - LOG_N)) - 1)) == 0) & (n_of_lane < NST)  # one store per n
     dA_acc = tl.zeros([NP, BD], dtype=tl.float32)
     dD_acc = tl.zeros([BD], dtype=tl.float32)
     dbias_acc = tl.zeros([BD], dtype=tl.float32)
@@ -288,10 +325,16 @@ def _scan_bwd_kernel(
             dbias_acc += g_dt
             tl.store(b_du + t * s_dul + o_du, g_u.to(du_ptr.dtype.element_ty), mask=mt)
             tl.store(b_ddl + t * s_ddl + o_ddl, g_dt.to(ddl_ptr.dtype.element_ty), mask=mt)
-            dB_t = tl.sum(lam * dtu[None, :], axis=1)  # (NP,), this block's channels only
-            dC_t = tl.sum(h_t * g[None, :], axis=1)
-            tl.store(dB_ptr + b_dBC + t * NST + offs_n, dB_t, mask=mask_n & ok)
-            tl.store(dC_ptr + b_dBC + t * NST + offs_n, dC_t, mask=mask_n & ok)
+            if LOG_N > 0:  # dB_t, dC_t over this block's channels, reduce-scattered: n_of_lane's sum in each lane
+                dB_t = _sum_over_d(lam * dtu[None, :], lane, LOG_N, LOG_BD)
+                dC_t = _sum_over_d(h_t * g[None, :], lane, LOG_N, LOG_BD)
+                tl.store(dB_ptr + b_dBC + t * NST + n_of_lane, dB_t, mask=first_of_n & ok)
+                tl.store(dC_ptr + b_dBC + t * NST + n_of_lane, dC_t, mask=first_of_n & ok)
+            else:  # n larger than the block: a sum per n
+                dB_t = tl.sum(lam * dtu[None, :], axis=1)  # (NP,)
+                dC_t = tl.sum(h_t * g[None, :], axis=1)
+                tl.store(dB_ptr + b_dBC + t * NST + offs_n, dB_t, mask=mask_n & ok)
+                tl.store(dC_ptr + b_dBC + t * NST + offs_n, dC_t, mask=mask_n & ok)
             carry = a * lam
             h_t = h_prev
         tl.debug_barrier()  # before the next chunk overwrites the scratch
@@ -301,7 +344,8 @@ def _scan_bwd_kernel(
 
 
 # -- launchers ----------------------------------------------------------------------------------------------
-CHUNK = 64  # steps between the states the forward saves for the backward (scratch: (CHUNK + 1) * BD * n floats)
+# steps between the states the forward saves for the backward (scratch: (CHUNK + 1) * BD * n floats per program)
+CHUNK = int(os.environ.get("DIMSTUDY_SCAN_CHUNK", "64"))
 
 
 def _chunking(length: int) -> tuple[int, int]:
@@ -312,6 +356,7 @@ def _chunking(length: int) -> tuple[int, int]:
 
 BLOCK_OVERRIDE: tuple[int, int] | None = None  # (BD, warps) for every launch; for tuning sweeps
 BWD_PREFETCH = os.environ.get("DIMSTUDY_SCAN_BWD_PREFETCH", "1") == "1"  # load step t - 1 during step t
+SCATTER_SUMS = os.environ.get("DIMSTUDY_SCAN_SCATTER", "1") == "1"  # dB, dC by reduce-scatter (see _sum_over_d)
 
 
 def _block_config(batch: int, dim: int, device: torch.device, backward: bool = False) -> tuple[int, int]:
@@ -436,6 +481,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, gr
         BD=bd, NP=np_,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_GLAST=grad_last is not None, FAST_EXP=_fast_exp(u), EVEN_N=np_ == n, PREFETCH=BWD_PREFETCH,
+        LOG_N=np_.bit_length() - 1 if SCATTER_SUMS and np_ <= bd else 0, LOG_BD=bd.bit_length() - 1,
         num_warps=warps,
     )
     dB = dB_part.sum(0).transpose(1, 2).to(B.dtype)  # (b, n, l)
