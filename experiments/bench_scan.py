@@ -124,11 +124,12 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bw
             row = {"shape": name, "mode": mode, "batch": b, "d_inner": d, "d_state": n, "seqlen": length,
                    "dtype": "bf16", "block_d": cfg_used[0], "num_warps": cfg_used[1], "parts": parts_used, "default_config": cfg is None and parts is None,
                    "bwd_prefetch": prefetch if grad else None,
-                   "chunk": ts.CHUNK, "ms_mamba_ssm": t_m, "ms_triton": t_t, "speedup": t_m / t_t,
+                   "chunk": ts.CHUNK, "scatter_sums": ts.SCATTER_SUMS, "ms_mamba_ssm": t_m, "ms_triton": t_t, "speedup": t_m / t_t,
                    "floor_exp_ms": floor, "floor_mem_ms": mem, "triton_over_floor": t_t / max(floor, mem),
                    "rel_err_vs_mamba_ssm": err, "copy_tb_s": bw / 1e12, "seed": 0}
             rows.append(row)
-            print(f"{name:26s} {mode:8s} BD {cfg_used[0]:3d} w {cfg_used[1]} p {parts_used:2d} pf {int(prefetch)} | mamba-ssm {t_m:8.3f} ms | triton "
+            print(f"{name:26s} {mode:8s} BD {cfg_used[0]:3d} w {cfg_used[1]} p {parts_used:2d} pf {int(prefetch)} "
+                  f"ck {ts.CHUNK} sc {int(ts.SCATTER_SUMS)} | mamba-ssm {t_m:8.3f} ms | triton "
                   f"{t_t:8.3f} ms | x{t_m / t_t:5.2f} | floor exp {floor:.3f} mem {mem:.3f} ms | "
                   f"{t_t / max(floor, mem):5.1f}x floor | err {max(err.values()):.1e}", flush=True)
     return rows
