@@ -4,7 +4,7 @@
 # results/gpu-photos/ after each: the rows committed before are never trained again (resume from rows), so
 # three slots with SEEDS=0, 1 and 2 (or any split) give the study its three seeds on any fresh machine.
 #
-#   SEEDS=0 bash experiments/gpu-photos.sh                  # one seed: 8 trials side by side
+#   SEEDS=0 bash experiments/gpu-photos.sh                  # one seed: its 7 trials side by side
 #   SEEDS=1,2 WORKERS=16 bash experiments/gpu-photos.sh     # two seeds at once, on a GPU with room for them
 #   dimstudy status --study gpu-photos                      # cells done and left, GPU-minutes to finish
 #
@@ -14,7 +14,7 @@ set -euo pipefail
 
 PY=${PYTHON:-python3}
 SEEDS=${SEEDS:-0}
-WORKERS=${WORKERS:-8}            # trials at once; 8 = one seed's eight variants
+WORKERS=${WORKERS:-7}            # trials at once; 7 = one seed's seven variants
 RESULTS=${RESULTS:-results}
 RUNS=${RUNS:-runs}
 read -r -a extra <<< "${STUDY_ARGS:-}"  # more study flags, for trying the script: "--device cpu --steps 2"

@@ -187,16 +187,17 @@ class DiM(nn.Module):
     def padded_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
         return grid[0] + self.num_pad, grid[1] + self.num_pad
 
-    def pad_index(self, grid: tuple[int, int]) -> torch.Tensor:
+    def pad_index(self, grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
         """(n, gw+n) index of the pad token at each of the n bottom rows' cells, n = num_pad.
 
         Every image row ends with p0 .. p_{n-1} in both layouts. The bottom rows differ:
         lateral: row r is all p_r (so every column, read top to bottom, also ends with p0 .. p_{n-1});
         cyclic: the pad positions, read in row-major order, repeat p0 p1 p2 p0 ... (the public code's
         rho_pad, its 512 px fine-tune): cell (gh + r, c) holds p_{(r (gw + n) + c) mod n}.
+        Made on `device` directly: a copy from the host is not allowed while a CUDA graph is captured.
         """
         n, wp = self.num_pad, grid[1] + self.num_pad
-        r, c = torch.arange(n)[:, None], torch.arange(wp)[None]
+        r, c = torch.arange(n, device=device)[:, None], torch.arange(wp, device=device)[None]
         return r.expand(n, wp) if self.pad_layout == "lateral" else (r * wp + c) % n
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
@@ -206,7 +207,7 @@ class DiM(nn.Module):
         b, gh, gw, d = x.shape
         p = self.pad_tokens.to(x.dtype)
         x = torch.cat([x, p[None, None].expand(b, gh, -1, -1)], dim=2)  # (B, gh, gw+n, D)
-        rows = p[self.pad_index((gh, gw)).to(p.device)]  # (n, gw+n, D)
+        rows = p[self.pad_index((gh, gw), p.device)]  # (n, gw+n, D)
         return torch.cat([x, rows[None].expand(b, -1, -1, -1)], dim=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -13,7 +13,7 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
 ]
-BACKENDS = ["torch", *(["cuda"] if available_scan_backends().get("cuda") is True else [])]
+BACKENDS = ["torch", *(b for b in ("cuda", "triton") if available_scan_backends().get(b) is True)]
 
 
 def _net(name: str, backend: str | None = None, **kw):
