@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from dimstudy.ops.attention import Attention
+from dimstudy.ops.mixers import is_mixer
 
 
 def mamba_macs(m: nn.Module, batch: int, length: int) -> dict[str, float]:
@@ -77,7 +78,7 @@ def count_flops(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Ten
 
     hooks, inside = [], set()
     for m in model.modules():
-        if isinstance(m, Attention) or hasattr(m, "d_inner") and hasattr(m, "d_state"):
+        if is_mixer(m):
             hooks.append((m, composite_hook))
             inside.update(id(c) for c in m.modules() if c is not m)
     for m in model.modules():

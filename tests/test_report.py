@@ -80,7 +80,7 @@ def test_ablation_table_has_the_papers_layout_and_known_mean_and_std(results):
     assert list(shown.columns[:5]) == ["MS", "LSC", "PT", "LFE", "variant"]
     assert list(shown["FID (ours, 200 samples)"]) == ["11.00 ± 1.00", "12.00 ± 1.00", "21.00 ± 1.00", "30.00", "40.00"]
     assert list(shown["paper FID (Tab. 4)"]) == ["2.92", "3.07", "2.94", "17.60", "—"]
-    md = tables.markdown(shown)
+    md = tables.markdown_table(shown)
     assert "| ✓ | ✓ | ✓ | ✓ | full | 11.00 ± 1.00 | 3 |" in md and "| ✓ | ✓ |  | ✓ | −PT | 21.00 ± 1.00 | 3 |" in md
     tex = tables.latex(shown, "Tab. 4", "tab:x")
     assert r"\toprule" in tex and r"\checkmark & \checkmark" in tex and r"11.00 $\pm$ 1.00" in tex

@@ -36,7 +36,10 @@ from collections import defaultdict
 import torch
 import torch.nn as nn
 
-from dimstudy.bench.timing import DTYPES, resolve_device, time_fn
+from dimstudy.bench.timing import DTYPES, time_fn
+from dimstudy.ops.attention import Attention
+from dimstudy.ops.mixers import is_mixer, kernels_that_ran
+from dimstudy.runtime import resolve_device
 
 PREFIX = "dimstudy|"
 CATEGORIES = {
@@ -63,16 +66,11 @@ RUNTIME = re.compile(r"^cu(da)?[A-Z]")  # CUDA runtime / driver API events: cuda
 
 # -- ranges -------------------------------------------------------------------------------------------------
 def module_kind(m: nn.Module, is_root: bool = False) -> str:
-    from dimstudy.ops.attention import Attention
-
-    def mixer_like(x):
-        return isinstance(x, Attention) or (hasattr(x, "d_inner") and hasattr(x, "d_state"))
-
     if is_root:
         return "root"
     if isinstance(m, Attention):
         return "attention"
-    if mixer_like(m):
+    if is_mixer(m):
         return "mixer"
     if isinstance(m, nn.Linear):
         return "linear"
@@ -84,7 +82,7 @@ def module_kind(m: nn.Module, is_root: bool = False) -> str:
         return "norm"
     if isinstance(m, nn.Embedding):
         return "embedding"
-    if any(mixer_like(c) for c in m.children()):
+    if any(is_mixer(c) for c in m.children()):
         return "block"
     if not any(True for _ in m.children()):
         return "act"  # SiLU, GELU, Identity, Dropout: parameter-free leaves
@@ -265,7 +263,7 @@ def profile_point(
     Returns ms and share per category (per forward), the timed median, and the `top` costliest
     (category, range, op, kernel) lines so the classification can be checked by eye.
     """
-    from dimstudy.bench.speed import backends_that_ran, build_step, prepare
+    from dimstudy.bench.speed import build_step, prepare
     from dimstudy.results import environment
 
     dev = resolve_device(device)
@@ -298,7 +296,7 @@ def profile_point(
         "busy_ms": busy, "wall_ms": timing.median_ms, "wall_ms_iqr": timing.iqr_ms, "prof_iters": prof_iters,
         "time_source": "cuda kernels" if dev.type == "cuda" else "cpu self time",
         "top": [dict(category=c, range=rg, op=op, kernel=kn, ms=v) for (c, rg, op, kn), v in top_lines],
-        **backends_that_ran(net),
+        **kernels_that_ran(net),
         **environment(dev),
     }
 
@@ -334,7 +332,7 @@ def profile_markdown(rows: list[dict]) -> str:
                          f"attention backend {r.get('attn_backend')}")
         else:
             notes.append(f"- {r.get('alias') or r['model']}: {r['status']} ({r.get('error')})")
-    from dimstudy.report.speed import markdown_table
+    from dimstudy.report.tables import markdown_table
 
     return "\n".join([head, "", *notes, "", markdown_table(profile_table(rows), "{:g}")]) + "\n"
 

@@ -37,10 +37,11 @@ from dimstudy.bench.timing import (
     STATUSES,
     peak_memory_gib,
     reset_peak_memory,
-    resolve_device,
     run_isolated,
     time_fn,
 )
+from dimstudy.ops.mixers import kernels_that_ran
+from dimstudy.runtime import resolve_device
 
 TABLE = "speed"
 ALIASES = {"dim": "dim_h_2", "uvit": "uvit_900m_2", "mamba": "mamba_900m_2"}  # the paper's Fig. 3 trio
@@ -151,18 +152,6 @@ def _autocast(device: torch.device, dtype: str, cache: bool = True):
     return torch.autocast(device.type, dtype=DTYPES[dtype], cache_enabled=cache)
 
 
-def backends_that_ran(model) -> dict:
-    from dimstudy.ops.attention import Attention
-
-    scan = {m.last_backend for m in model.modules() if hasattr(m, "d_state") and getattr(m, "last_backend", None)}
-    attn = {m.last_backend for m in model.modules() if isinstance(m, Attention) and m.last_backend}
-    return {
-        "scan_backend": ",".join(sorted(scan)) or None,
-        "attn_backend": ",".join(sorted(attn)) or None,
-        "fused": any(b == "cuda-fused" for b in scan) if scan else None,  # not "cuda-unfused"
-    }
-
-
 def build_step(model, x, t, y, device: torch.device, dtype: str, mode: str, cuda_graphs: bool):
     """The callable one iteration is; the model is already on `device` (and cast, for inference)."""
     if mode == "train":
@@ -257,7 +246,7 @@ def measure_point(
         "first_call_s": first_call_s,
         "peak_mem_gib": peak_memory_gib(dev),
         "weights_mem_gib": weights_gib,
-        **backends_that_ran(net),
+        **kernels_that_ran(net),
         **environment(dev),  # the process that ran it says where it ran
     }
 

@@ -54,8 +54,8 @@ Report = Annotated[bool, typer.Option("--report/--no-report", help="Write the re
 
 def study_config(preset, overrides: dict, sets: list[str] | None):
     """Preset, then the flags (None: keep the preset's), then --set: a StudyConfig."""
-    from dimstudy.cli.train import parse_set
     from dimstudy.study.config import deep_merge, load_study_config
+    from dimstudy.train.config import parse_set
 
     return load_study_config(preset, deep_merge(overrides, parse_set(sets or [])))
 
@@ -241,7 +241,7 @@ def register(app: typer.Typer) -> None:
 
         Example: dimstudy status --study gpu-photos --seeds 0,1,2
         """
-        from dimstudy.report.speed import markdown_table
+        from dimstudy.report.tables import markdown_table
         from dimstudy.study.cells import status_table
         from dimstudy.study.config import load_study_config
         from dimstudy.study.grid import ablation_variants, scan_variants

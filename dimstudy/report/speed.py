@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from dimstudy.report.tables import markdown_table
+
 PAPER_CLAIM = "paper (Fig. 3, H800): DiM faster than U-ViT above 1280×1280; only slightly slower than the Mamba baseline"
 PAPER_CROSSOVER_PX = 1280  # Sec. 4.2: "DiM is faster than the transformer at resolutions above 1280 x 1280"
 
@@ -195,20 +197,6 @@ def plot_fig3(df: pd.DataFrame, path: str | Path, show_paper_claim: bool = True)
 
 
 # -- the summary -------------------------------------------------------------------------------------------
-def markdown_table(frame: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
-    """A plain Markdown table (no `tabulate` dependency)."""
-    def cell(v):
-        if isinstance(v, float):
-            return "" if math.isnan(v) else floatfmt.format(v)
-        return str(v)
-
-    frame = frame.reset_index() if frame.index.name or not isinstance(frame.index, pd.RangeIndex) else frame
-    head = [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def _has(df: pd.DataFrame, selector: str) -> bool:
     try:
         model_rows(df, selector)

@@ -14,7 +14,6 @@ import math
 import pandas as pd
 
 from dimstudy.components import COMPONENTS
-from dimstudy.report.speed import markdown_table
 from dimstudy.study.grid import TAB4_DROPS, TAB6_PATTERNS, make_variant
 
 # The paper's FIDs (CIFAR-10, FID-50K): Tab. 4 by the components that are off, Tab. 6 by scan patterns.
@@ -323,8 +322,18 @@ def ordering_claim(table: pd.DataFrame) -> str:
     return " ".join(parts).replace("-", "−")
 
 
-def markdown(frame: pd.DataFrame) -> str:
-    return markdown_table(frame)
+def markdown_table(frame: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
+    """A plain Markdown table (no `tabulate` dependency)."""
+    def cell(v):
+        if isinstance(v, float):
+            return "" if math.isnan(v) else floatfmt.format(v)
+        return str(v)
+
+    frame = frame.reset_index() if frame.index.name or not isinstance(frame.index, pd.RangeIndex) else frame
+    head = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
 
 
 def latex(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:

@@ -35,7 +35,7 @@ def check_grid_model(cfg: StudyConfig) -> None:
 def check_ema(cfg: StudyConfig, log: Log) -> None:
     """Say once, before any trial trains, when the preset's EMA would still be mostly the initial weights at
     the end of training (every trial would then sample noise); the trainer repeats it in each run."""
-    from dimstudy.train.trainer import ema_warning
+    from dimstudy.train.ema import ema_warning
 
     if msg := ema_warning(cfg.train):
         log(f"warning: {msg} (study flag --ema-warmup)")

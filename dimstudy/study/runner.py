@@ -39,6 +39,7 @@ import optuna
 from filelock import FileLock
 from optuna.trial import TrialState
 
+from dimstudy.runtime import one_line
 from dimstudy.study.config import StudyConfig, identity, identity_diff
 from dimstudy.study.grid import Variant
 
@@ -334,7 +335,7 @@ def work(study: optuna.Study, cfg: StudyConfig, trial_fn: TrialFn, *, sweep_budg
                 raise
             except Exception as e:  # the trial's own failure (a bug, out of memory): record it and go on
                 study.tell(trial, state=TrialState.FAIL)
-                log(f"trial {trial.number} failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+                log(f"trial {trial.number} failed: {one_line(e)}")
                 continue
         study.tell(trial, value)
     return ran
