@@ -19,8 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from dimstudy.components import COMPONENTS
+from dimstudy.paper import TAB4_DROPS, TAB6_PATTERNS, variant_label
 from dimstudy.report import plots, tables
 from dimstudy.results import read_table
+from dimstudy.study.grid import make_variant
 from dimstudy.study.rows import read_runs
 
 Log = Callable[[str], None]
@@ -82,7 +85,7 @@ def _values(df: pd.DataFrame, col: str) -> str:
 
 def _overrides(df: pd.DataFrame) -> str:
     """' (d_state 4)': the study's constructor overrides other than the ablated flags and the kernel choice."""
-    skip = {"multi_scan", "long_skip", "padding_tokens", "local_conv", "scan_patterns", "scan_backend"}
+    skip = {*COMPONENTS, "scan_patterns", "scan_backend"}
     cols = [c for c in df.columns if c.startswith("config.train.model_kwargs.") and c.rsplit(".", 1)[1] not in skip]
     parts = [f"{c.rsplit('.', 1)[1]} {_values(df, c)}" for c in sorted(cols)]
     return f" ({', '.join(parts)})" if parts else ""
@@ -186,8 +189,8 @@ def tab4_section(df: pd.DataFrame, out: Path) -> str | None:
     caption = "Ablation of DiM's designs (paper Tab. 4): MS multiple scan patterns, LSC long skips, PT padding tokens, LFE local convs."
     md = _write_table(t, out, "tab4_ablation", caption, _fid_header(df))
     plots.plot_fid(t, out / "fid_tab4.png", "Tab. 4: ablations", _note(df))
-    missing = [label for label, (key, _) in zip(["full", "−LFE", "−PT", "−LSC", "−MS"], tables.PAPER_TAB4.items(), strict=True)
-               if key not in set(t["variant_key"])]
+    missing = [variant_label(v.components, minus="−") for v in map(make_variant, TAB4_DROPS)
+               if v.key not in set(t["variant_key"])]
     if missing:
         md += f"\n\nNot run yet: {', '.join(missing)} (`dimstudy ablate --drop each` on this study adds them)."
     return "\n".join([f"## Tab. 4: ablations\n\n{caption}\n", md, "",
@@ -202,7 +205,7 @@ def tab6_section(df: pd.DataFrame, out: Path) -> str | None:
     caption = "Scan patterns (paper Tab. 6): ① row-major, ② reversed, ③ column-major, ④ reversed; ⑤–⑧ zigzag orders (not in the paper)."
     md = _write_table(t, out, "tab6_scans", caption, _fid_header(df))
     plots.plot_fid(t, out / "fid_tab6.png", "Tab. 6: scan patterns", _note(df))
-    missing = [p for p in tables.PAPER_TAB6 if p not in set(t["scan_patterns"])]
+    missing = [p for p in TAB6_PATTERNS if p not in set(t["scan_patterns"])]
     note = ("The rows 1234 and 1 are the networks of Tab. 4's full and −MS rows (the same trials)."
             + (f" Not run yet: {', '.join(missing)} (`dimstudy scan-study` on this study adds it)." if missing else ""))
     md += f"\n\n{note}"
