@@ -105,7 +105,7 @@ def count_params(model: nn.Module) -> int:
 
 def build_on_meta(name: str, **overrides) -> nn.Module:
     """A registered model with no storage: for counting parameters and FLOPs of any size instantly."""
-    from dimstudy.registry import create_model
+    from dimstudy.models.registry import create_model
 
     with torch.device("meta"):
         return create_model(name, **overrides)
@@ -113,7 +113,7 @@ def build_on_meta(name: str, **overrides) -> nn.Module:
 
 def summarize(name: str, resolution: int | None = None, **overrides) -> dict:
     """One row of `dimstudy models`: shape, params, GMACs at batch 1 (paper Tab. 1 convention), tokens."""
-    from dimstudy.registry import get_entry
+    from dimstudy.models.registry import get_entry
 
     def gmacs(model):
         x = torch.randn(1, model.in_chans, res, res, device="meta")

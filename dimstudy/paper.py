@@ -7,7 +7,7 @@ What depends on the *set* of components (a variant's key and label, which rows T
 
 from __future__ import annotations
 
-from dimstudy.components import COMPONENTS, Component
+from dimstudy.models.components import COMPONENTS, Component
 
 DEFAULT_PATTERNS = "1234"  # DiM's (Fig. 2)
 SINGLE_PATTERN = "1"  # what every block scans with multi_scan off

@@ -18,8 +18,8 @@ import torch
 
 from dimstudy.diffusion import build_schedule
 from dimstudy.diffusion.sampling import draw_samples
+from dimstudy.models.registry import create_model
 from dimstudy.ops.mixers import kernels_that_ran
-from dimstudy.registry import create_model
 from dimstudy.results import append_row, environment
 
 NETWORKS = {"study (13 x 256)": ("dim_s_2", {"depth": 13, "dim": 256}), "dim_s_2": ("dim_s_2", {})}

@@ -164,7 +164,7 @@ def test_padding_the_length_to_a_multiple_of_8_changes_no_output(length):
 
 
 def test_kernels_that_ran_names_each_mixers_last_kernel_and_nothing_before_a_forward():
-    from dimstudy.registry import create_model
+    from dimstudy.models.registry import create_model
     from dimstudy.ops.mixers import is_mixer, kernels_that_ran
 
     models = {name: create_model(name, img_size=8, dim=16, depth=3) for name in ("dim_tiny_2", "uvit_tiny_2")}

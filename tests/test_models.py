@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from dimstudy.components import COMPONENTS, component_flags
 from dimstudy.flops import build_on_meta, count_params, summarize
+from dimstudy.models.components import COMPONENTS, component_flags
 from dimstudy.models.dim import DiM
+from dimstudy.models.registry import create_model, get_entry, list_models
 from dimstudy.paper import variant_label
-from dimstudy.registry import create_model, get_entry, list_models
 
 BIG = {"dim_l_2", "dim_h_2", "mamba_900m_2", "uvit_900m_2"}
 

@@ -1,7 +1,7 @@
 """The paper's tables (dimstudy.paper): keys, labels and the Tab. 6 filter follow the component table."""
 
 from dimstudy import paper
-from dimstudy.components import COMPONENTS, Component
+from dimstudy.models.components import COMPONENTS, Component
 from dimstudy.study.grid import make_variant
 
 

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from dimstudy.cli import resolution as resolution_cli
 from dimstudy.cli import sample as sample_cli
 from dimstudy.diffusion import UpsampleGuidance, build_schedule
-from dimstudy.registry import create_model
+from dimstudy.models.registry import create_model
 from dimstudy.resolution import (
     INIT_WEIGHTS,
     CheckpointMismatchError,

@@ -80,7 +80,7 @@ class SpeedConfig:
 
 # -- what a point is ---------------------------------------------------------------------------------------
 def resolve_model(name: str) -> str:
-    from dimstudy.registry import list_models
+    from dimstudy.models.registry import list_models
 
     if name in ALIASES:
         return ALIASES[name]
@@ -92,7 +92,7 @@ def resolve_model(name: str) -> str:
 
 def model_overrides(model: str, scan_backend: str | None, attn_backend: str | None) -> dict:
     """The backend override that applies to this model's family (the other one would be an error)."""
-    from dimstudy.registry import get_entry
+    from dimstudy.models.registry import get_entry
 
     fam = get_entry(model).family
     return {"attn_backend": attn_backend} if fam == "uvit" else {"scan_backend": scan_backend}
@@ -125,7 +125,7 @@ def make_inputs(model, shape: tuple[int, int, int], batch: int, device, dtype=to
 def static_counts(model_name: str, resolution: int, batch: int, dtype: str, overrides: dict) -> dict:
     """Sizes of one point from a meta-device build: params, tokens, MACs by kind, minimum bytes."""
     from dimstudy.flops import build_on_meta, count_flops, count_params
-    from dimstudy.registry import get_entry
+    from dimstudy.models.registry import get_entry
 
     model = build_on_meta(model_name, **overrides)
     shape = input_shape(model, resolution, model_name)
@@ -194,7 +194,7 @@ def prepare(model: str, resolution: int, batch: int, dtype: str, mode: str, devi
     Inference: eval mode, weights cast to `dtype`, x in `dtype`. Training: float32 weights and x
     (autocast does the rest), train mode.
     """
-    from dimstudy.registry import create_model
+    from dimstudy.models.registry import create_model
 
     torch.manual_seed(seed)
     with torch.device(device):  # initialise straight on the GPU: 0.9B params in seconds, not minutes

@@ -19,8 +19,8 @@ import torch
 from dimstudy.bench.timing import run_isolated, time_fn
 from dimstudy.diffusion import build_schedule
 from dimstudy.flops import count_params
+from dimstudy.models.registry import create_model
 from dimstudy.ops.mixers import kernels_that_ran
-from dimstudy.registry import create_model
 from dimstudy.results import append_row, environment
 from dimstudy.runtime import resolve_device
 

@@ -122,7 +122,7 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             check_out_dir(out)
 
-        from dimstudy.components import component_flags
+        from dimstudy.models.components import component_flags
         from dimstudy.train import load_config, train
         from dimstudy.train.config import parse_set
 

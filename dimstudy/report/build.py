@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dimstudy.components import COMPONENTS
+from dimstudy.models.components import COMPONENTS
 from dimstudy.paper import TAB4_DROPS, TAB6_PATTERNS, variant_label
 from dimstudy.report import plots, tables
 from dimstudy.results import read_table

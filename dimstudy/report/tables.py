@@ -13,7 +13,7 @@ import math
 
 import pandas as pd
 
-from dimstudy.components import COMPONENTS
+from dimstudy.models.components import COMPONENTS
 from dimstudy.paper import PAPER_COL, TAB4, TAB4_PATTERNS, TAB6, TAB6_PATTERNS, tab6_network, variant_label
 from dimstudy.study.grid import make_variant
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dimstudy.components import COMPONENTS, component_flags
+from dimstudy.models.components import COMPONENTS, component_flags
 from dimstudy.models.scans import parse_patterns
 from dimstudy.paper import (
     DEFAULT_PATTERNS,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dimstudy.components import COMPONENTS
+from dimstudy.models.components import COMPONENTS
 from dimstudy.results import append_row, read_table
 
 TABLE = "runs"

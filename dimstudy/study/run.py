@@ -24,7 +24,7 @@ Log = Callable[[str], None]
 
 
 def check_grid_model(cfg: StudyConfig) -> None:
-    from dimstudy.registry import get_entry
+    from dimstudy.models.registry import get_entry
 
     family = get_entry(cfg.train.model).family
     if family != "dim":

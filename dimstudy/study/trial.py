@@ -225,8 +225,8 @@ def _train_info(tcfg: TrainConfig, summary: dict, loss_log) -> dict:
 
 def _model_info(tcfg: TrainConfig, run_dir: Path) -> dict:
     """The network the trainer built (from the checkpoint's constructor arguments): flags, size, GMACs."""
-    from dimstudy.components import COMPONENTS
     from dimstudy.flops import build_on_meta, count_flops, count_params
+    from dimstudy.models.components import COMPONENTS
     from dimstudy.train.checkpoint import read_checkpoint
 
     kwargs = read_checkpoint(run_dir)["model_args"]["kwargs"]  # img_size, in_chans, num_classes, the flags

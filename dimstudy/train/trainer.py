@@ -148,7 +148,7 @@ def train(
     """
     from dimstudy.data import build_dataset
     from dimstudy.diffusion import build_schedule, drop_labels
-    from dimstudy.registry import get_entry
+    from dimstudy.models.registry import get_entry
     from dimstudy.results import append_row, environment
 
     get_entry(cfg.model)  # an unknown name fails here, before any data is loaded
