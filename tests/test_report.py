@@ -291,3 +291,19 @@ def test_report_cli(results):
     assert "README.md" in res.stdout and "fid_tab4.png" in res.stdout
     res = CliRunner().invoke(app, ["report", "--results", str(results)])  # every study under the root
     assert res.exit_code == 0 and "syn" in res.stdout
+
+
+def test_profile_report_writes_the_rows_as_markdown_and_csv(tmp_path):
+    from dimstudy.bench.profile import CATEGORIES
+    from dimstudy.report.profile import write_profile
+
+    ok = {"model": "dim_tiny_2", "alias": "dim", "resolution": 16, "batch": 1, "dtype": "fp32", "device": "cpu",
+          "wall_ms": 2.0, "wall_ms_iqr": 0.1, "busy_ms": 1.5, **{f"ms_{c}": 0.25 for c in CATEGORIES},
+          **{f"pct_{c}": 12.5 for c in CATEGORIES}}
+    oom = {"model": "uvit_tiny_2", "resolution": 16, "batch": 1, "dtype": "fp32", "status": "oom", "error": "out of memory"}
+    paths = write_profile([ok, oom], str(tmp_path))
+    assert paths["md"] == tmp_path / "profile" / "profile_16px_b1_fp32.md"
+    md = paths["md"].read_text(encoding="utf-8")
+    assert "- uvit_tiny_2: oom (out of memory)" in md and "| category | what | dim ms | dim % | uvit_tiny_2 ms |" in md
+    csv = pd.read_csv(paths["csv"])
+    assert list(csv["category"]) == list(CATEGORIES) and (csv["dim ms"] == 0.25).all() and (csv["uvit_tiny_2 ms"] == "oom").all()

@@ -301,55 +301,17 @@ def profile_point(
     }
 
 
-# -- the table ----------------------------------------------------------------------------------------------
-def profile_table(rows: list[dict]):
-    """category x model: ms and % of each model's timed forward (a DataFrame, one column pair per model)."""
-    import pandas as pd
-
-    table = pd.DataFrame({"category": list(CATEGORIES), "what": list(CATEGORIES.values())})
-    for r in rows:
-        name = r.get("alias") or r["model"]
-        if r.get("status", "ok") != "ok":
-            table[f"{name} ms"] = r.get("status")
-            continue
-        table[f"{name} ms"] = [round(r[f"ms_{c}"], 3) for c in CATEGORIES]
-        table[f"{name} %"] = [round(r[f"pct_{c}"], 1) for c in CATEGORIES]
-    return table
-
-
-def profile_markdown(rows: list[dict]) -> str:
-    r0 = rows[0]
-    head = (f"## Where one forward's time goes: {r0['resolution']} px, batch {r0['batch']}, {r0['dtype']}, "
-            f"on {r0.get('gpu') or r0.get('device') or '?'}")
-    notes = [
-        "ms per forward by category (dimstudy.bench.profile: module-scoped record_function ranges, device time",
-        "of every kernel attributed to the innermost range above its launch). `idle` = timed median - kernel time.",
-    ]
-    for r in rows:
-        if r.get("status", "ok") == "ok":
-            notes.append(f"- {r.get('alias') or r['model']}: timed median {r['wall_ms']:.2f} ms (IQR {r['wall_ms_iqr']:.2f}), "
-                         f"{r.get('time_source', 'kernels')} {r['busy_ms']:.2f} ms; scan backend {r.get('scan_backend')}, "
-                         f"attention backend {r.get('attn_backend')}")
-        else:
-            notes.append(f"- {r.get('alias') or r['model']}: {r['status']} ({r.get('error')})")
-    from dimstudy.report.tables import markdown_table
-
-    return "\n".join([head, "", *notes, "", markdown_table(profile_table(rows), "{:g}")]) + "\n"
-
-
 def run_profile(
     models: list[str], resolution: int = 1024, batch: int = 1, dtype: str = "bf16", device: str = "auto",
     warmup: int = 5, repeats: int = 20, prof_iters: int = 3, seed: int = 0, timeout_s: float = 600.0,
     results: str | None = None, scan_backend: str | None = None, attn_backend: str | None = None,
-) -> tuple[list[dict], dict]:
-    """Profile each model in its own process; append one row per model to the table `profile` and write
-    `<results>/profile/profile_<res>px_b<batch>_<dtype>.{md,csv}`. Returns the rows and the file paths."""
-    from pathlib import Path
-
+) -> list[dict]:
+    """Profile each model in its own process and append one row per model to the table `profile`; returns the rows
+    (`dimstudy.report.profile` renders them)."""
     from dimstudy.bench.speed import input_shape, model_overrides, resolve_model
     from dimstudy.bench.timing import run_isolated
     from dimstudy.flops import build_on_meta
-    from dimstudy.results import DEFAULT_ROOT, append_row
+    from dimstudy.results import append_row
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
@@ -366,10 +328,4 @@ def run_profile(
         row = {"model": name, "resolution": resolution, "batch": batch, "dtype": dtype, **row, "alias": alias}
         append_row("profile", row, results)
         rows.append(row)
-    out = Path(results or DEFAULT_ROOT) / "profile"
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"profile_{resolution}px_b{batch}_{dtype}"
-    paths = {"md": stem.with_suffix(".md"), "csv": stem.with_suffix(".csv")}
-    paths["md"].write_text(profile_markdown(rows), encoding="utf-8")
-    profile_table(rows).to_csv(paths["csv"], index=False)
-    return rows, paths
+    return rows
