@@ -220,7 +220,7 @@ def dimstudy_to_public(sd: dict, model: nn.Module, public_classes: int | None = 
 def infer_preset(sd: dict) -> str:
     """The registered DiM preset with a public state dict's width and depth (dim_s_2, dim_l_2, dim_h_2)."""
     from dimstudy.flops import build_on_meta
-    from dimstudy.registry import list_models
+    from dimstudy.models.registry import list_models
 
     dim = public_model_kwargs(sd)["dim"]
     depth = 1 + max((int(k.split(".")[1]) for k in sd if k.startswith("transformer_blocks.")), default=-1)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from dimstudy.ops.attention import Attention
+from dimstudy.ops.mixers import is_mixer
 
 
 def mamba_macs(m: nn.Module, batch: int, length: int) -> dict[str, float]:
@@ -77,7 +78,7 @@ def count_flops(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Ten
 
     hooks, inside = [], set()
     for m in model.modules():
-        if isinstance(m, Attention) or hasattr(m, "d_inner") and hasattr(m, "d_state"):
+        if is_mixer(m):
             hooks.append((m, composite_hook))
             inside.update(id(c) for c in m.modules() if c is not m)
     for m in model.modules():
@@ -104,7 +105,7 @@ def count_params(model: nn.Module) -> int:
 
 def build_on_meta(name: str, **overrides) -> nn.Module:
     """A registered model with no storage: for counting parameters and FLOPs of any size instantly."""
-    from dimstudy.registry import create_model
+    from dimstudy.models.registry import create_model
 
     with torch.device("meta"):
         return create_model(name, **overrides)
@@ -112,7 +113,7 @@ def build_on_meta(name: str, **overrides) -> nn.Module:
 
 def summarize(name: str, resolution: int | None = None, **overrides) -> dict:
     """One row of `dimstudy models`: shape, params, GMACs at batch 1 (paper Tab. 1 convention), tokens."""
-    from dimstudy.registry import get_entry
+    from dimstudy.models.registry import get_entry
 
     def gmacs(model):
         x = torch.randn(1, model.in_chans, res, res, device="meta")

@@ -252,12 +252,13 @@ def resolution_study(
     (a few minutes with dim_tiny_2 at 16 -> 32 px); FID from 32 images is only good for comparing the
     rows of one study, so raise n, num_reference and finetune_steps on a GPU.
     """
-    from dimstudy.bench.speed import backends_that_ran
     from dimstudy.diffusion import build_schedule
+    from dimstudy.diffusion.sampling import draw_samples, save_grid
     from dimstudy.metrics import compute_metrics
+    from dimstudy.ops.mixers import kernels_that_ran
     from dimstudy.results import DEFAULT_ROOT, append_row, environment
-    from dimstudy.train import draw_samples, load_checkpoint, save_grid
-    from dimstudy.train.trainer import resolve_device
+    from dimstudy.runtime import resolve_device
+    from dimstudy.train import load_checkpoint
 
     dev = resolve_device(device)
     out, root = Path(out_dir), Path(results_dir or DEFAULT_ROOT)
@@ -280,7 +281,7 @@ def resolution_study(
     images["upsample_guidance"] = draw_samples(low, schedule, n, img_size=hi_side,
                                                upsample=dict(m=m, theta=theta, eta=eta), **sample_kw)
     timings["upsample_guidance"] = time.perf_counter() - t0
-    kernels = {"direct": backends_that_ran(low)}
+    kernels = {"direct": kernels_that_ran(low)}
     kernels["upsample_guidance"] = kernels["direct"]
 
     # A short fine-tune must not spend itself warming up, and its EMA must be able to move: at the source's
@@ -295,7 +296,7 @@ def resolution_study(
     t0 = time.perf_counter()
     images["finetune"] = draw_samples(high, schedule, n, **sample_kw)
     timings["finetune"] = time.perf_counter() - t0
-    kernels["finetune"] = backends_that_ran(high)
+    kernels["finetune"] = kernels_that_ran(high)
     extra["finetune"] = {"finetune_steps": ft_cfg.steps, "finetune_lr": ft_cfg.lr, "finetune_wd": ft_cfg.weight_decay,
                          "finetune_batch_size": ft_cfg.batch_size, "finetune_warmup": ft_cfg.warmup_steps,
                          "finetune_ema_decay": ft_cfg.ema_decay, "finetune_s": summary["wall_s"],

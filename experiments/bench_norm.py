@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from dimstudy.bench.speed import backends_that_ran, build_step, prepare
+from dimstudy.bench.speed import build_step, prepare
 from dimstudy.models.layers import RMSNorm
+from dimstudy.ops.mixers import kernels_that_ran
 from dimstudy.results import append_row, environment
 
 
@@ -62,7 +63,7 @@ def main() -> None:
             times[name].append(time_steps(step, args.steps, device))
     RMSNorm.forward = ours
 
-    env, kernels = environment(device), backends_that_ran(net)
+    env, kernels = environment(device), kernels_that_ran(net)
     base = statistics.median(times["nn.RMSNorm (bf16 input, fp32 weight)"])
     for name, ms in times.items():
         med = statistics.median(ms)

@@ -16,11 +16,11 @@ import time
 
 import torch
 
-from dimstudy.bench.speed import backends_that_ran
 from dimstudy.diffusion import build_schedule
-from dimstudy.registry import create_model
+from dimstudy.diffusion.sampling import draw_samples
+from dimstudy.models.registry import create_model
+from dimstudy.ops.mixers import kernels_that_ran
 from dimstudy.results import append_row, environment
-from dimstudy.train import draw_samples
 
 NETWORKS = {"study (13 x 256)": ("dim_s_2", {"depth": 13, "dim": 256}), "dim_s_2": ("dim_s_2", {})}
 
@@ -59,7 +59,7 @@ def main() -> None:
             row = {"network": label, "model": name, **kw, "batch": batch, "n": args.n, "steps": args.steps,
                    "eager_images_per_s": statistics.median(speeds[False][1:]),
                    "graphed_images_per_s": statistics.median(speeds[True][1:]), "max_abs_diff": diff,
-                   **backends_that_ran(model), **environment("cuda")}
+                   **kernels_that_ran(model), **environment("cuda")}
             print(f"{label:18s} batch {batch:4d}: eager {row['eager_images_per_s']:8.1f} img/s, CUDA graphs "
                   f"{row['graphed_images_per_s']:8.1f} img/s (x{row['graphed_images_per_s'] / row['eager_images_per_s']:.2f}); "
                   f"max |diff| {diff:.2e}")

@@ -11,6 +11,7 @@ import torch.nn as nn
 from typer.testing import CliRunner
 
 from dimstudy.cli import app
+from dimstudy.runtime import is_oom, one_line
 from dimstudy.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -102,12 +103,12 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(files, args, messag
 
 
 def test_out_of_memory_is_one_line_naming_the_size_asked_for(files, monkeypatch):
-    import dimstudy.train
+    import dimstudy.diffusion.sampling
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB (GPU 0; 80 GiB total)")
 
-    monkeypatch.setattr(dimstudy.train, "draw_samples", oom)
+    monkeypatch.setattr(dimstudy.diffusion.sampling, "draw_samples", oom)
     result = CliRunner().invoke(app, ["sample", "--ckpt", str(files / "run"), "--resolution", "64", "--batch-size", "8",
                                       "--out", str(files / "never")])
     assert result.exit_code == 2
@@ -124,3 +125,20 @@ def test_help_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_one_line_is_the_first_non_blank_line_named_by_its_class_or_not():
+    e = ValueError("\n  unknown model 'x'; valid choices: a, b  \n  details")
+    assert one_line(e) == "ValueError: unknown model 'x'; valid choices: a, b"
+    assert one_line(e, named=False) == "unknown model 'x'; valid choices: a, b"
+    assert one_line(e, 16) == "ValueError: unkn"
+    assert one_line(KeyboardInterrupt()) == "KeyboardInterrupt:" and one_line(KeyboardInterrupt(), named=False) == "KeyboardInterrupt"
+    assert one_line("worker exit -9: \nKilled") == "worker exit -9:"
+
+
+def test_is_oom_knows_cuda_and_cpu_allocator_failures_and_nothing_else():
+    assert is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert is_oom(RuntimeError("CUDA error: cudaErrorMemoryAllocation"))
+    assert is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"))
+    assert not is_oom(ValueError("out of memory"))  # a user's value, not an allocator
+    assert not is_oom(RuntimeError("shape mismatch"))

@@ -12,6 +12,7 @@ from dimstudy.cli import fid as fid_cli
 from dimstudy.cli import sample as sample_cli
 from dimstudy.cli import train as train_cli
 from dimstudy.train import load_config, read_checkpoint
+from dimstudy.train.config import parse_set
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml")
 FAST = ["--resolution", "8", "--batch-size", "8", "--no-progress"]
@@ -101,10 +102,10 @@ def test_bad_input_is_one_line_naming_valid_choices(runner_app, tmp_path, args, 
 
 
 def test_parse_set_reads_toml_values_and_dotted_keys():
-    got = train_cli.parse_set(["lr=1e-4", "hflip=false", "dataset=digits", "model_kwargs.scan_patterns=\"12\""])
+    got = parse_set(["lr=1e-4", "hflip=false", "dataset=digits", "model_kwargs.scan_patterns=\"12\""])
     assert got == {"lr": 1e-4, "hflip": False, "dataset": "digits", "model_kwargs": {"scan_patterns": "12"}}
     with pytest.raises(ValueError, match="--set expects KEY=VALUE"):
-        train_cli.parse_set(["lr"])
+        parse_set(["lr"])
 
 
 def test_fid_samples_a_checkpoint_and_scores_it(runner_app, smoke_run):

@@ -17,7 +17,7 @@ from dimstudy.convert import (
     public_checkpoint,
     public_to_dimstudy,
 )
-from dimstudy.registry import create_model
+from dimstudy.models.registry import create_model
 from dimstudy.train import load_checkpoint
 
 runner = CliRunner()

@@ -161,3 +161,19 @@ def test_padding_the_length_to_a_multiple_of_8_changes_no_output(length):
     g1, = torch.autograd.grad(padded.sum(), x)
     g2, = torch.autograd.grad(plain.sum(), x)
     assert (g1 - g2).abs().max() < 1e-12
+
+
+def test_kernels_that_ran_names_each_mixers_last_kernel_and_nothing_before_a_forward():
+    from dimstudy.models.registry import create_model
+    from dimstudy.ops.mixers import is_mixer, kernels_that_ran
+
+    models = {name: create_model(name, img_size=8, dim=16, depth=3) for name in ("dim_tiny_2", "uvit_tiny_2")}
+    for model in models.values():
+        assert kernels_that_ran(model) == {"scan_backend": None, "attn_backend": None, "fused": None}
+    x, t = torch.randn(1, 3, 8, 8), torch.ones(1)
+    for model in models.values():
+        with torch.no_grad():
+            model(x, t)
+    assert kernels_that_ran(models["dim_tiny_2"]) == {"scan_backend": "torch-chunked", "attn_backend": None, "fused": False}
+    assert kernels_that_ran(models["uvit_tiny_2"]) == {"scan_backend": None, "attn_backend": "sdpa", "fused": None}
+    assert sum(map(is_mixer, models["dim_tiny_2"].modules())) == sum(isinstance(m, Mamba) for m in models["dim_tiny_2"].modules()) > 0

@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from dimstudy.components import COMPONENTS, component_flags, variant_name
 from dimstudy.flops import build_on_meta, count_params, summarize
+from dimstudy.models.components import COMPONENTS, component_flags
 from dimstudy.models.dim import DiM
-from dimstudy.registry import create_model, get_entry, list_models
+from dimstudy.models.registry import create_model, get_entry, list_models
+from dimstudy.paper import variant_label
 
 BIG = {"dim_l_2", "dim_h_2", "mamba_900m_2", "uvit_900m_2"}
 
@@ -171,7 +172,7 @@ def test_any_combination_of_components_builds_and_runs(drop):
     m = create_model("dim_tiny_2", scan_backend="torch", **component_flags(drop=drop))
     x, t, y = _inputs(m, 16, b=1)
     assert m(x, t, y).shape == x.shape
-    assert variant_name(component_flags(drop=drop)).count("-") == len(drop)
+    assert variant_label(component_flags(drop=drop)).count("-") == len(drop)
 
 
 def test_mamba_baseline_is_dim_with_every_design_off():

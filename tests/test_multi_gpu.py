@@ -40,6 +40,7 @@ def test_workers_are_pinned_one_per_gpu(monkeypatch, gpus, workers, nproc, expec
     runner.spawn_workers(cfg, workers)
     assert [p["env"].get("CUDA_VISIBLE_DEVICES") for p in FakePopen.started] == expected
     assert len({p["env"]["DIMSTUDY_WORKER"] for p in FakePopen.started}) == workers  # every worker its own name
+    assert all(p["cmd"][1:5] == ["-m", "dimstudy", "worker", "--study"] for p in FakePopen.started)
 
 
 def test_trial_on_two_ranks_through_torchrun_with_gloo(tmp_path):

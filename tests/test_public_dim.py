@@ -8,7 +8,7 @@ import torch
 from dimstudy.flops import build_on_meta, count_params
 from dimstudy.models.dim import DiM
 from dimstudy.models.layers import timestep_embedding
-from dimstudy.registry import create_model
+from dimstudy.models.registry import create_model
 
 
 def _capture_input(module: torch.nn.Module) -> dict:

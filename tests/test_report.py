@@ -80,7 +80,7 @@ def test_ablation_table_has_the_papers_layout_and_known_mean_and_std(results):
     assert list(shown.columns[:5]) == ["MS", "LSC", "PT", "LFE", "variant"]
     assert list(shown["FID (ours, 200 samples)"]) == ["11.00 ± 1.00", "12.00 ± 1.00", "21.00 ± 1.00", "30.00", "40.00"]
     assert list(shown["paper FID (Tab. 4)"]) == ["2.92", "3.07", "2.94", "17.60", "—"]
-    md = tables.markdown(shown)
+    md = tables.markdown_table(shown)
     assert "| ✓ | ✓ | ✓ | ✓ | full | 11.00 ± 1.00 | 3 |" in md and "| ✓ | ✓ |  | ✓ | −PT | 21.00 ± 1.00 | 3 |" in md
     tex = tables.latex(shown, "Tab. 4", "tab:x")
     assert r"\toprule" in tex and r"\checkmark & \checkmark" in tex and r"11.00 $\pm$ 1.00" in tex
@@ -291,3 +291,19 @@ def test_report_cli(results):
     assert "README.md" in res.stdout and "fid_tab4.png" in res.stdout
     res = CliRunner().invoke(app, ["report", "--results", str(results)])  # every study under the root
     assert res.exit_code == 0 and "syn" in res.stdout
+
+
+def test_profile_report_writes_the_rows_as_markdown_and_csv(tmp_path):
+    from dimstudy.bench.profile import CATEGORIES
+    from dimstudy.report.profile import write_profile
+
+    ok = {"model": "dim_tiny_2", "alias": "dim", "resolution": 16, "batch": 1, "dtype": "fp32", "device": "cpu",
+          "wall_ms": 2.0, "wall_ms_iqr": 0.1, "busy_ms": 1.5, **{f"ms_{c}": 0.25 for c in CATEGORIES},
+          **{f"pct_{c}": 12.5 for c in CATEGORIES}}
+    oom = {"model": "uvit_tiny_2", "resolution": 16, "batch": 1, "dtype": "fp32", "status": "oom", "error": "out of memory"}
+    paths = write_profile([ok, oom], str(tmp_path))
+    assert paths["md"] == tmp_path / "profile" / "profile_16px_b1_fp32.md"
+    md = paths["md"].read_text(encoding="utf-8")
+    assert "- uvit_tiny_2: oom (out of memory)" in md and "| category | what | dim ms | dim % | uvit_tiny_2 ms |" in md
+    csv = pd.read_csv(paths["csv"])
+    assert list(csv["category"]) == list(CATEGORIES) and (csv["dim ms"] == 0.25).all() and (csv["uvit_tiny_2 ms"] == "oom").all()

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from dimstudy.cli import resolution as resolution_cli
 from dimstudy.cli import sample as sample_cli
 from dimstudy.diffusion import UpsampleGuidance, build_schedule
-from dimstudy.registry import create_model
+from dimstudy.models.registry import create_model
 from dimstudy.resolution import (
     INIT_WEIGHTS,
     CheckpointMismatchError,
@@ -206,7 +206,7 @@ def test_draw_samples_at_twice_the_size_with_and_without_guidance(schedule, samp
     net = create_model("dim_tiny_2", img_size=8, **SMALL).eval()
     sizes = []
     net.register_forward_pre_hook(lambda mod, args: sizes.append(args[0].shape[-1]))
-    from dimstudy.train import draw_samples
+    from dimstudy.diffusion.sampling import draw_samples
 
     s = build_schedule(schedule)
     kw = dict(sampler=sampler, steps=10, seed=3, img_size=16)
@@ -223,7 +223,7 @@ def test_draw_samples_hands_cfg_to_the_guidance_for_both_predictions():
     net = create_model("dim_tiny_2", img_size=8, num_classes=10, **SMALL).eval()
     calls = []
     net.register_forward_pre_hook(lambda mod, args: calls.append((args[0].shape[0], args[0].shape[-1])))
-    from dimstudy.train import draw_samples
+    from dimstudy.diffusion.sampling import draw_samples
 
     x = draw_samples(net, build_schedule("vpsde"), 2, steps=4, cfg_scale=0.5, labels=torch.tensor([1, 2]),
                      img_size=16, upsample=dict(m=2, theta=1.0, eta=0.3))

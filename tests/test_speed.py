@@ -22,7 +22,7 @@ from dimstudy.bench.speed import ROW_KEYS, SpeedConfig, check_row, input_shape, 
 from dimstudy.bench.timing import run_isolated, time_fn
 from dimstudy.cli.speed import register
 from dimstudy.flops import build_on_meta
-from dimstudy.registry import create_model
+from dimstudy.models.registry import create_model
 from dimstudy.report.speed import crossover, overhead, plot_fig3, speed_summary_markdown
 from dimstudy.results import read_table
 

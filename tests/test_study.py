@@ -206,7 +206,7 @@ def test_sweep_samples_the_budget_and_prunes_on_reports(tmp_path):
                 raise optuna.TrialPruned()
         return p["lr"]
 
-    out = run_sweep(cfg, report=False, log=lambda s: None, trial_fn=objective)
+    out = run_sweep(cfg, log=lambda s: None, trial_fn=objective)
     assert sum(out["counts"].values()) == 6 and out["counts"].get("complete", 0) >= 3
 
 
@@ -226,7 +226,7 @@ def real_study(tmp_path_factory):
         partial = TrainConfig.from_dict({**cfg.train.to_dict(), "steps": 2, "out_dir": str(run_dir),
                                          "model_kwargs": {**cfg.train.model_kwargs, **v.model_kwargs}})
         train(partial, progress=False)
-        out = run_grid(cfg, [v], report=False, log=lambda s: None)  # one trial: each FID costs ~10 s on a CPU
+        out = run_grid(cfg, [v], log=lambda s: None)  # one trial: each FID costs ~10 s on a CPU
         yield cfg, out
     finally:
         os.environ.pop("DIMSTUDY_CACHE", None)
@@ -256,7 +256,7 @@ def test_real_trials_resume_training_and_write_well_formed_rows(real_study):
 
 def test_rerunning_a_finished_study_redoes_nothing(real_study):
     cfg, _ = real_study
-    out = run_grid(cfg, [make_variant(["padding_tokens"])], report=False, log=lambda s: None,
+    out = run_grid(cfg, [make_variant(["padding_tokens"])], log=lambda s: None,
                    trial_fn=lambda t, c: pytest.fail("a finished trial ran again"))
     assert out["counts"] == {"complete": 1}
     assert run_worker("real", None, cfg.results_dir, trial_fn=lambda t, c: pytest.fail("ran again"), log=lambda s: None) == 0
@@ -271,7 +271,7 @@ def test_a_study_resumes_from_its_committed_rows_with_a_fresh_database(real_stud
     db = Path(cfg.study_dir) / "optuna.db"
     db.unlink()
     messages = []
-    out = run_grid(cfg, [v], report=False, log=messages.append, trial_fn=lambda t, c: pytest.fail("ran again"))
+    out = run_grid(cfg, [v], log=messages.append, trial_fn=lambda t, c: pytest.fail("ran again"))
     assert out["counts"] == {} and any("1 done (1 of them committed in" in m for m in messages)
     # A database that still has the cell waiting (enqueued before the row was committed): the real trial
     # function finds the row and returns its FID without training, sampling or writing a row.
@@ -288,7 +288,7 @@ def test_a_study_resumes_from_its_committed_rows_with_a_fresh_database(real_stud
     assert [c["row"] is not None for c in cells(cfg, [v], [0, 1])] == [True, False]
     other = load_study_config("smoke", {**cfg.to_dict(), "train": {**cfg.train.to_dict(), "steps": 5}})
     with pytest.raises(ValueError, match=r"runs.jsonl holds rows made with other settings \(train.steps: 4 -> 5\)"):
-        run_grid(other, [v], report=False, log=lambda s: None, trial_fn=lambda t, c: pytest.fail("ran"))
+        run_grid(other, [v], log=lambda s: None, trial_fn=lambda t, c: pytest.fail("ran"))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
@@ -296,7 +296,7 @@ def test_an_interrupted_trial_leaves_no_row(tmp_path, sig):
     cfg = make_cfg(tmp_path, name="intr", workers=1, **{**TINY, "train": {**TINY["train"], "steps": 100_000}})
     code = ("import json, sys; from dimstudy.study.config import StudyConfig; from dimstudy.study.run import run_grid; "
             "from dimstudy.study import make_variant; cfg = StudyConfig.from_dict(json.loads(sys.argv[1])); "
-            "run_grid(cfg, [make_variant(())], report=False)")
+            "run_grid(cfg, [make_variant(())])")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DIMSTUDY_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg.to_dict())], env=env, cwd=tmp_path)
     log = Path(cfg.runs_dir) / "intr" / f"{make_variant(()).key}-seed0" / "loss.jsonl"

@@ -11,10 +11,10 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from dimstudy.diffusion import build_schedule
+from dimstudy.diffusion.sampling import draw_samples
 from dimstudy.train import (
     EMA,
     TrainConfig,
-    draw_samples,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,

@@ -36,7 +36,10 @@ from collections import defaultdict
 import torch
 import torch.nn as nn
 
-from dimstudy.bench.timing import DTYPES, resolve_device, time_fn
+from dimstudy.bench.timing import DTYPES, time_fn
+from dimstudy.ops.attention import Attention
+from dimstudy.ops.mixers import is_mixer, kernels_that_ran
+from dimstudy.runtime import resolve_device
 
 PREFIX = "dimstudy|"
 CATEGORIES = {
@@ -63,16 +66,11 @@ RUNTIME = re.compile(r"^cu(da)?[A-Z]")  # CUDA runtime / driver API events: cuda
 
 # -- ranges -------------------------------------------------------------------------------------------------
 def module_kind(m: nn.Module, is_root: bool = False) -> str:
-    from dimstudy.ops.attention import Attention
-
-    def mixer_like(x):
-        return isinstance(x, Attention) or (hasattr(x, "d_inner") and hasattr(x, "d_state"))
-
     if is_root:
         return "root"
     if isinstance(m, Attention):
         return "attention"
-    if mixer_like(m):
+    if is_mixer(m):
         return "mixer"
     if isinstance(m, nn.Linear):
         return "linear"
@@ -84,7 +82,7 @@ def module_kind(m: nn.Module, is_root: bool = False) -> str:
         return "norm"
     if isinstance(m, nn.Embedding):
         return "embedding"
-    if any(mixer_like(c) for c in m.children()):
+    if any(is_mixer(c) for c in m.children()):
         return "block"
     if not any(True for _ in m.children()):
         return "act"  # SiLU, GELU, Identity, Dropout: parameter-free leaves
@@ -265,7 +263,7 @@ def profile_point(
     Returns ms and share per category (per forward), the timed median, and the `top` costliest
     (category, range, op, kernel) lines so the classification can be checked by eye.
     """
-    from dimstudy.bench.speed import backends_that_ran, build_step, prepare
+    from dimstudy.bench.speed import build_step, prepare
     from dimstudy.results import environment
 
     dev = resolve_device(device)
@@ -298,60 +296,22 @@ def profile_point(
         "busy_ms": busy, "wall_ms": timing.median_ms, "wall_ms_iqr": timing.iqr_ms, "prof_iters": prof_iters,
         "time_source": "cuda kernels" if dev.type == "cuda" else "cpu self time",
         "top": [dict(category=c, range=rg, op=op, kernel=kn, ms=v) for (c, rg, op, kn), v in top_lines],
-        **backends_that_ran(net),
+        **kernels_that_ran(net),
         **environment(dev),
     }
-
-
-# -- the table ----------------------------------------------------------------------------------------------
-def profile_table(rows: list[dict]):
-    """category x model: ms and % of each model's timed forward (a DataFrame, one column pair per model)."""
-    import pandas as pd
-
-    table = pd.DataFrame({"category": list(CATEGORIES), "what": list(CATEGORIES.values())})
-    for r in rows:
-        name = r.get("alias") or r["model"]
-        if r.get("status", "ok") != "ok":
-            table[f"{name} ms"] = r.get("status")
-            continue
-        table[f"{name} ms"] = [round(r[f"ms_{c}"], 3) for c in CATEGORIES]
-        table[f"{name} %"] = [round(r[f"pct_{c}"], 1) for c in CATEGORIES]
-    return table
-
-
-def profile_markdown(rows: list[dict]) -> str:
-    r0 = rows[0]
-    head = (f"## Where one forward's time goes: {r0['resolution']} px, batch {r0['batch']}, {r0['dtype']}, "
-            f"on {r0.get('gpu') or r0.get('device') or '?'}")
-    notes = [
-        "ms per forward by category (dimstudy.bench.profile: module-scoped record_function ranges, device time",
-        "of every kernel attributed to the innermost range above its launch). `idle` = timed median - kernel time.",
-    ]
-    for r in rows:
-        if r.get("status", "ok") == "ok":
-            notes.append(f"- {r.get('alias') or r['model']}: timed median {r['wall_ms']:.2f} ms (IQR {r['wall_ms_iqr']:.2f}), "
-                         f"{r.get('time_source', 'kernels')} {r['busy_ms']:.2f} ms; scan backend {r.get('scan_backend')}, "
-                         f"attention backend {r.get('attn_backend')}")
-        else:
-            notes.append(f"- {r.get('alias') or r['model']}: {r['status']} ({r.get('error')})")
-    from dimstudy.report.speed import markdown_table
-
-    return "\n".join([head, "", *notes, "", markdown_table(profile_table(rows), "{:g}")]) + "\n"
 
 
 def run_profile(
     models: list[str], resolution: int = 1024, batch: int = 1, dtype: str = "bf16", device: str = "auto",
     warmup: int = 5, repeats: int = 20, prof_iters: int = 3, seed: int = 0, timeout_s: float = 600.0,
     results: str | None = None, scan_backend: str | None = None, attn_backend: str | None = None,
-) -> tuple[list[dict], dict]:
-    """Profile each model in its own process; append one row per model to the table `profile` and write
-    `<results>/profile/profile_<res>px_b<batch>_<dtype>.{md,csv}`. Returns the rows and the file paths."""
-    from pathlib import Path
-
+) -> list[dict]:
+    """Profile each model in its own process and append one row per model to the table `profile`; returns the rows
+    (`dimstudy.report.profile` renders them)."""
     from dimstudy.bench.speed import input_shape, model_overrides, resolve_model
     from dimstudy.bench.timing import run_isolated
     from dimstudy.flops import build_on_meta
-    from dimstudy.results import DEFAULT_ROOT, append_row
+    from dimstudy.results import append_row
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
@@ -368,10 +328,4 @@ def run_profile(
         row = {"model": name, "resolution": resolution, "batch": batch, "dtype": dtype, **row, "alias": alias}
         append_row("profile", row, results)
         rows.append(row)
-    out = Path(results or DEFAULT_ROOT) / "profile"
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"profile_{resolution}px_b{batch}_{dtype}"
-    paths = {"md": stem.with_suffix(".md"), "csv": stem.with_suffix(".csv")}
-    paths["md"].write_text(profile_markdown(rows), encoding="utf-8")
-    profile_table(rows).to_csv(paths["csv"], index=False)
-    return rows, paths
+    return rows

@@ -36,9 +36,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from dimstudy.bench.timing import DTYPES, resolve_device, time_fn
+from dimstudy.bench.timing import DTYPES, time_fn
 from dimstudy.flops import forward_with_hooks
-from dimstudy.ops.attention import Attention
+from dimstudy.ops.mixers import is_mixer
+from dimstudy.runtime import resolve_device
 
 
 # -- measured rates --------------------------------------------------------------------------------------
@@ -81,17 +82,12 @@ def measure_device(device: str = "auto", dtype: str = "bf16", n: int | None = No
 
 
 # -- minimum bytes and the floor -------------------------------------------------------------------------
-def _is_composite(m: nn.Module) -> bool:
-    """A mixer counted whole: Attention, or anything shaped like a Mamba mixer (as dimstudy.flops does)."""
-    return isinstance(m, Attention) or (hasattr(m, "d_inner") and hasattr(m, "d_state"))
-
-
 def _layers(model: nn.Module) -> list[nn.Module]:
-    composites = [m for m in model.modules() if _is_composite(m)]
+    composites = [m for m in model.modules() if is_mixer(m)]
     inside = {id(c) for m in composites for c in m.modules() if c is not m}
     owners = [
         m for m in model.modules()
-        if id(m) not in inside and not _is_composite(m) and any(True for _ in m.parameters(recurse=False))
+        if id(m) not in inside and not is_mixer(m) and any(True for _ in m.parameters(recurse=False))
         and m is not model  # the model's own free parameters (pos-embed, pad tokens) are weights, not a layer
     ]
     return composites + owners

@@ -37,10 +37,11 @@ from dimstudy.bench.timing import (
     STATUSES,
     peak_memory_gib,
     reset_peak_memory,
-    resolve_device,
     run_isolated,
     time_fn,
 )
+from dimstudy.ops.mixers import kernels_that_ran
+from dimstudy.runtime import resolve_device
 
 TABLE = "speed"
 ALIASES = {"dim": "dim_h_2", "uvit": "uvit_900m_2", "mamba": "mamba_900m_2"}  # the paper's Fig. 3 trio
@@ -79,7 +80,7 @@ class SpeedConfig:
 
 # -- what a point is ---------------------------------------------------------------------------------------
 def resolve_model(name: str) -> str:
-    from dimstudy.registry import list_models
+    from dimstudy.models.registry import list_models
 
     if name in ALIASES:
         return ALIASES[name]
@@ -91,7 +92,7 @@ def resolve_model(name: str) -> str:
 
 def model_overrides(model: str, scan_backend: str | None, attn_backend: str | None) -> dict:
     """The backend override that applies to this model's family (the other one would be an error)."""
-    from dimstudy.registry import get_entry
+    from dimstudy.models.registry import get_entry
 
     fam = get_entry(model).family
     return {"attn_backend": attn_backend} if fam == "uvit" else {"scan_backend": scan_backend}
@@ -124,7 +125,7 @@ def make_inputs(model, shape: tuple[int, int, int], batch: int, device, dtype=to
 def static_counts(model_name: str, resolution: int, batch: int, dtype: str, overrides: dict) -> dict:
     """Sizes of one point from a meta-device build: params, tokens, MACs by kind, minimum bytes."""
     from dimstudy.flops import build_on_meta, count_flops, count_params
-    from dimstudy.registry import get_entry
+    from dimstudy.models.registry import get_entry
 
     model = build_on_meta(model_name, **overrides)
     shape = input_shape(model, resolution, model_name)
@@ -149,18 +150,6 @@ def _autocast(device: torch.device, dtype: str, cache: bool = True):
     if dtype == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=DTYPES[dtype], cache_enabled=cache)
-
-
-def backends_that_ran(model) -> dict:
-    from dimstudy.ops.attention import Attention
-
-    scan = {m.last_backend for m in model.modules() if hasattr(m, "d_state") and getattr(m, "last_backend", None)}
-    attn = {m.last_backend for m in model.modules() if isinstance(m, Attention) and m.last_backend}
-    return {
-        "scan_backend": ",".join(sorted(scan)) or None,
-        "attn_backend": ",".join(sorted(attn)) or None,
-        "fused": any(b == "cuda-fused" for b in scan) if scan else None,  # not "cuda-unfused"
-    }
 
 
 def build_step(model, x, t, y, device: torch.device, dtype: str, mode: str, cuda_graphs: bool):
@@ -205,7 +194,7 @@ def prepare(model: str, resolution: int, batch: int, dtype: str, mode: str, devi
     Inference: eval mode, weights cast to `dtype`, x in `dtype`. Training: float32 weights and x
     (autocast does the rest), train mode.
     """
-    from dimstudy.registry import create_model
+    from dimstudy.models.registry import create_model
 
     torch.manual_seed(seed)
     with torch.device(device):  # initialise straight on the GPU: 0.9B params in seconds, not minutes
@@ -257,7 +246,7 @@ def measure_point(
         "first_call_s": first_call_s,
         "peak_mem_gib": peak_memory_gib(dev),
         "weights_mem_gib": weights_gib,
-        **backends_that_ran(net),
+        **kernels_that_ran(net),
         **environment(dev),  # the process that ran it says where it ran
     }
 

@@ -16,12 +16,13 @@ import json
 
 import torch
 
-from dimstudy.bench.timing import resolve_device, run_isolated, time_fn
+from dimstudy.bench.timing import run_isolated, time_fn
 from dimstudy.diffusion import build_schedule
 from dimstudy.flops import count_params
-from dimstudy.ops import mamba_modules
-from dimstudy.registry import create_model
+from dimstudy.models.registry import create_model
+from dimstudy.ops.mixers import kernels_that_ran
 from dimstudy.results import append_row, environment
+from dimstudy.runtime import resolve_device
 
 
 def measure(model_name: str, batch: int, device: str = "auto", warmup: int = 5, repeats: int = 20, seed: int = 0,
@@ -53,7 +54,6 @@ def measure(model_name: str, batch: int, device: str = "auto", warmup: int = 5, 
             net(x0, t, y)
 
     fwd = time_fn(nfe, dev, warmup=warmup, repeats=repeats, budget_s=10)
-    ran = sorted({m.last_backend for m in mamba_modules(model) if m.last_backend})
     return {
         "model": model_name, "batch": batch, "resolution": model.img_size, "params": count_params(model),
         "compiled": compile,
@@ -62,7 +62,7 @@ def measure(model_name: str, batch: int, device: str = "auto", warmup: int = 5, 
         "sample_ms_per_nfe": fwd.median_ms, "sample_ms_iqr": fwd.iqr_ms, "sample_nfe_per_s": 1e3 / fwd.median_ms,
         "sample_images_per_s_dpm50": batch * 1e3 / (fwd.median_ms * sampler_steps),
         "sample_images_per_s_em1000": batch * 1e3 / (fwd.median_ms * 1000),
-        "scan_backend": ",".join(ran) or "none", "peak_mem_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
+        "scan_backend": kernels_that_ran(model)["scan_backend"] or "none", "peak_mem_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
         **environment(dev),
     }
 

@@ -33,10 +33,11 @@ from pathlib import Path
 
 import torch
 
-from dimstudy.train.trainer import resolve_device  # noqa: F401  (the one device check; bench modules import it from here)
+from dimstudy.runtime import is_oom, one_line
 
 ROW_MARKER = "DIMSTUDY_ROW "  # the worker's answer line; anything else a library prints is ignored
 STATUSES = ("ok", "oom", "error", "timeout", "skipped")
+ERROR_CHARS = 300  # a row's `error` is cut to this length
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -139,20 +140,6 @@ def peak_memory_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
-def is_oom(exc: BaseException) -> bool:
-    """CUDA out-of-memory, whichever way it surfaces (the typed error, or a RuntimeError from a kernel)."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    msg = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "cudaerrormemoryallocation" in msg)
-
-
-def one_line(exc: BaseException | str, limit: int = 300) -> str:
-    text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    return (lines[0] if lines else str(text))[:limit]
-
-
 # -- one configuration per process --------------------------------------------------------------------
 def _package_root() -> str:
     return str(Path(__file__).resolve().parents[2])  # the folder that holds `dimstudy/`
@@ -198,7 +185,7 @@ def run_isolated(target: str, kwargs: dict, timeout_s: float | None = 600.0) -> 
     tail = [ln for ln in err.splitlines() if ln.strip()]
     died_oom = rc == -signal.SIGKILL or any("out of memory" in ln.lower() for ln in tail[-20:])
     why = tail[-1] if tail else f"worker exited with code {rc} and no output"
-    return {"status": "oom" if died_oom else "error", "error": one_line(f"worker exit {rc}: {why}"), "worker_pid": proc.pid}
+    return {"status": "oom" if died_oom else "error", "error": one_line(f"worker exit {rc}: {why}", ERROR_CHARS), "worker_pid": proc.pid}
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -226,7 +213,7 @@ def worker_main(payload: str) -> int:
         row.setdefault("status", "ok")
     except Exception as e:  # noqa: BLE001  (every failure must become a row)
         traceback.print_exc(file=sys.stderr)
-        row = {"status": "oom" if is_oom(e) else "error", "error": one_line(e)}
+        row = {"status": "oom" if is_oom(e) else "error", "error": one_line(e, ERROR_CHARS)}
     row["worker_pid"] = os.getpid()
     from dimstudy.results import _jsonable
 

@@ -11,6 +11,8 @@ import sys
 
 import typer
 
+from dimstudy.runtime import is_oom, one_line
+
 
 class UserError(Exception):
     """Bad input or missing prerequisite: reported as one line, exit code 2."""
@@ -21,17 +23,6 @@ class UserError(Exception):
 USER_ERRORS = ("UserError", "ValueError", "FileNotFoundError", "NotADirectoryError", "BackendUnavailableError",
                "DatasetUnavailableError", "FeatureExtractorUnavailableError")
 SIZE_OPTIONS = ("resolution", "scale", "batch_size", "n", "num_samples", "num_reference", "model", "batch")
-
-
-def _is_oom(e: BaseException) -> bool:
-    """torch's CUDA out-of-memory error, or the CPU allocator's refusal (a RuntimeError)."""
-    text = str(e)
-    return type(e).__name__ == "OutOfMemoryError" or (
-        isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def friendly(fn):
@@ -45,12 +36,12 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            if _is_oom(e):
+            if is_oom(e):
                 asked = ", ".join(f"--{k.replace('_', '-')} {kwargs[k]}" for k in SIZE_OPTIONS if kwargs.get(k) is not None)
-                msg = (f"out of memory{' at ' + asked if asked else ''} ({_first_line(e)[:200]}); "
+                msg = (f"out of memory{' at ' + asked if asked else ''} ({one_line(e, 200, named=False)}); "
                        "try a smaller size or batch")
             elif any(c.__name__ in USER_ERRORS for c in type(e).__mro__):
-                msg = _first_line(e)
+                msg = one_line(e, named=False)
             else:
                 raise
             typer.echo(f"error: {msg}", err=True)

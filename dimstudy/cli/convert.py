@@ -40,8 +40,8 @@ def register(app: typer.Typer) -> None:
 
         Back: dimstudy convert --from dimstudy dim_h_2-in256.pt --out nnet_ema.pth
         """
-        from dimstudy.cli.train import parse_set
         from dimstudy.convert import FORMATS, export_public, import_public
+        from dimstudy.train.config import parse_set
 
         if from_ not in FORMATS:
             raise ValueError(f"unknown format {from_!r}; valid choices: {', '.join(FORMATS)}")

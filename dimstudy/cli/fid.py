@@ -28,8 +28,9 @@ def _sample_checkpoint(ckpt: Path, n: int, sampler: str, steps: int, seed: int, 
                        progress: bool):
     """n EMA samples (n, C, H, W) in [-1, 1] of a checkpoint of either format, at its own size."""
     from dimstudy.diffusion import build_schedule
-    from dimstudy.train import draw_samples, load_checkpoint
-    from dimstudy.train.trainer import resolve_device
+    from dimstudy.diffusion.sampling import draw_samples
+    from dimstudy.runtime import resolve_device
+    from dimstudy.train import load_checkpoint
 
     dev = resolve_device(device or "auto")
     model, cfg = load_checkpoint(ckpt, ema=True, device=dev)

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         Example: dimstudy models --pattern 'dim*' --json
         """
         from dimstudy.flops import summarize
-        from dimstudy.registry import list_models
+        from dimstudy.models.registry import list_models
 
         names = list_models(pattern)
         if not names:
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
 
         Example: dimstudy components
         """
-        from dimstudy.components import COMPONENTS
+        from dimstudy.models.components import COMPONENTS
         from dimstudy.models.scans import SCAN_PATTERNS
 
         comps = [dict(name=c.name, abbrev=c.abbrev, design=c.design, off=c.off_means) for c in COMPONENTS.values()]

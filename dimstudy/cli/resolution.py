@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from dimstudy.cli.common import friendly
-from dimstudy.cli.train import parse_set
 
 
 def _run_name(ckpt: Path) -> str:
@@ -63,6 +62,7 @@ def register(app: typer.Typer) -> None:
                      sample_every=sample_every, num_workers=num_workers)
 
         from dimstudy.resolution import finetune as run_finetune
+        from dimstudy.train.config import parse_set
 
         flags = dict(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
                      ema_decay=ema_decay, dataset=dataset, data_dir=data_dir, model=model, seed=seed,
@@ -125,6 +125,7 @@ def register(app: typer.Typer) -> None:
             check_out_dir(out)
 
         from dimstudy.resolution import resolution_study as run_study
+        from dimstudy.train.config import parse_set
 
         ft = {**parse_set(set_ or []), **{k: v for k, v in dict(batch_size=ft_batch_size, lr=ft_lr).items() if v is not None}}
         rows = run_study(from_, scale, n=n, sampler=sampler, steps=steps, theta=ug_theta, eta=ug_eta, cfg_scale=cfg_scale,

@@ -68,9 +68,10 @@ def register(app: typer.Typer) -> None:
 
         from dimstudy.data import save_pngs
         from dimstudy.diffusion import build_schedule
+        from dimstudy.diffusion.sampling import draw_samples, save_grid
         from dimstudy.resolution import target_side, upsample_factor
-        from dimstudy.train import draw_samples, load_checkpoint, save_grid
-        from dimstudy.train.trainer import resolve_device
+        from dimstudy.runtime import resolve_device
+        from dimstudy.train import load_checkpoint
 
         dev = resolve_device(device)
         model, cfg = load_checkpoint(ckpt, ema=ema, device=dev)

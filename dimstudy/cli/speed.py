@@ -127,12 +127,14 @@ def register(app: typer.Typer) -> None:
         Example: dimstudy profile --model dim,uvit --resolution 1024 --batch 1 --dtype bf16
         """
         from dimstudy.bench.profile import run_profile
+        from dimstudy.report.profile import write_profile
 
-        rows, paths = run_profile(
+        rows = run_profile(
             split_list(model), resolution=resolution, batch=batch, dtype=dtype, device=device, warmup=warmup,
             repeats=repeats, prof_iters=prof_iters, timeout_s=timeout, results=str(results) if results else None,
             scan_backend=scan_backend, attn_backend=attn_backend,
         )
+        paths = write_profile(rows, str(results) if results else None)
         typer.echo(paths["md"].read_text(encoding="utf-8"))
         typer.echo(f"wrote {paths['md']} and {paths['csv']}")
 

@@ -54,8 +54,8 @@ Report = Annotated[bool, typer.Option("--report/--no-report", help="Write the re
 
 def study_config(preset, overrides: dict, sets: list[str] | None):
     """Preset, then the flags (None: keep the preset's), then --set: a StudyConfig."""
-    from dimstudy.cli.train import parse_set
     from dimstudy.study.config import deep_merge, load_study_config
+    from dimstudy.train.config import parse_set
 
     return load_study_config(preset, deep_merge(overrides, parse_set(sets or [])))
 
@@ -102,11 +102,13 @@ def study_overrides(opts: dict) -> dict:
     }
 
 
-def _print_outcome(result: dict, cfg) -> None:
-    counts = result["counts"]
-    typer.echo(f"study {cfg.name!r}: trials {counts}")
-    report = result.get("report")
-    if report:
+def _finish(result: dict, cfg, write_report: bool) -> None:
+    """After a study's workers: its report (unless --no-report, or nothing ran: workers 0), then the outcome."""
+    from dimstudy.report.build import build_report
+
+    typer.echo(f"study {cfg.name!r}: trials {result['counts']}")
+    if write_report and cfg.workers:
+        report = build_report(Path(cfg.results_dir), cfg.name, log=typer.echo)
         out = Path(report).parent
         for name in ("tab4_ablation.md", "tab6_scans.md", "sweep.md"):
             if (out / name).exists():
@@ -146,7 +148,7 @@ def register(app: typer.Typer) -> None:
             check_drop_names(drops)
         cfg = study_config(opts["preset"], {**over, "drop": drops}, opts["set_"])
         check_drop_names(cfg.drop)
-        _print_outcome(run_grid(cfg, ablation_variants(cfg.drop), report=opts["report"]), cfg)
+        _finish(run_grid(cfg, ablation_variants(cfg.drop)), cfg, opts["report"])
 
     @app.command("scan-study")
     @friendly
@@ -167,7 +169,7 @@ def register(app: typer.Typer) -> None:
 
         over = study_overrides(opts)
         cfg = study_config(opts["preset"], {**over, "patterns": split_list(patterns) or None}, opts["set_"])
-        _print_outcome(run_grid(cfg, scan_variants(cfg.patterns), report=opts["report"]), cfg)
+        _finish(run_grid(cfg, scan_variants(cfg.patterns)), cfg, opts["report"])
 
     @app.command("sweep")
     @friendly
@@ -202,7 +204,7 @@ def register(app: typer.Typer) -> None:
             cfg.sweep.space = parse_space_option(space)
         if opts["study"] is None:
             cfg.name = f"{cfg.name}-sweep"
-        _print_outcome(run_sweep(cfg, report=opts["report"]), cfg)
+        _finish(run_sweep(cfg), cfg, opts["report"])
 
     @app.command("worker")
     @friendly
@@ -241,7 +243,7 @@ def register(app: typer.Typer) -> None:
 
         Example: dimstudy status --study gpu-photos --seeds 0,1,2
         """
-        from dimstudy.report.speed import markdown_table
+        from dimstudy.report.tables import markdown_table
         from dimstudy.study.cells import status_table
         from dimstudy.study.config import load_study_config
         from dimstudy.study.grid import ablation_variants, scan_variants

@@ -16,28 +16,6 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 
-def parse_set(items: list[str]) -> dict:
-    """['lr=1e-4', 'model_kwargs.scan_patterns="12"'] -> {'lr': 1e-4, 'model_kwargs': {'scan_patterns': '12'}}.
-
-    Values are read as TOML values; one that is not valid TOML is taken as a bare string (dataset=digits).
-    """
-    out: dict = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        *parents, leaf = key.strip().split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
-
-
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_PRESET_DIRS = (Path("experiments"), REPO / "experiments")  # TrainConfig files by name, in this order
 SAMPLE_TABLE = "sample"  # a preset's [sample] table: how its run is sampled for FID (printed, not trained on)
@@ -144,8 +122,9 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             check_out_dir(out)
 
-        from dimstudy.components import component_flags
+        from dimstudy.models.components import component_flags
         from dimstudy.train import load_config, train
+        from dimstudy.train.config import parse_set
 
         sets = parse_set(set_ or [])
         model_kwargs = dict(sets.pop("model_kwargs", {}))

@@ -43,9 +43,9 @@ from dimstudy.models.layers import (
     timestep_embedding,
     unpatchify,
 )
+from dimstudy.models.registry import register_model
 from dimstudy.models.scans import block_schedule, parse_patterns, transition_index
 from dimstudy.ops.mamba import Mamba
-from dimstudy.registry import register_model
 
 HEAD_CONDS = ("sinusoid", "adaln")  # the head's condition: public DiM's, or dimstudy's before issue 13
 PAD_LAYOUTS = ("lateral", "cyclic")  # lateral: 256 px (S/L/H); cyclic: the public 512 px fine-tune (rho_pad)

@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from dimstudy.models.layers import PatchEmbed, resize_pos_embed, timestep_embedding, unpatchify
+from dimstudy.models.registry import register_model
 from dimstudy.ops.attention import Attention
-from dimstudy.registry import register_model
 
 
 class Mlp(nn.Sequential):

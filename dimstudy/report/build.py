@@ -19,8 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from dimstudy.models.components import COMPONENTS
+from dimstudy.paper import TAB4_DROPS, TAB6_PATTERNS, variant_label
 from dimstudy.report import plots, tables
 from dimstudy.results import read_table
+from dimstudy.study.grid import make_variant
 from dimstudy.study.rows import read_runs
 
 Log = Callable[[str], None]
@@ -82,7 +85,7 @@ def _values(df: pd.DataFrame, col: str) -> str:
 
 def _overrides(df: pd.DataFrame) -> str:
     """' (d_state 4)': the study's constructor overrides other than the ablated flags and the kernel choice."""
-    skip = {"multi_scan", "long_skip", "padding_tokens", "local_conv", "scan_patterns", "scan_backend"}
+    skip = {*COMPONENTS, "scan_patterns", "scan_backend"}
     cols = [c for c in df.columns if c.startswith("config.train.model_kwargs.") and c.rsplit(".", 1)[1] not in skip]
     parts = [f"{c.rsplit('.', 1)[1]} {_values(df, c)}" for c in sorted(cols)]
     return f" ({', '.join(parts)})" if parts else ""
@@ -109,7 +112,7 @@ def _ema_shares(df: pd.DataFrame) -> pd.Series:
 def ema_alarm(df: pd.DataFrame) -> str | None:
     """A warning when the sampled EMA weights were still largely the initial weights (too short a run for
     its decay): the FIDs then measure that blend, not the designs."""
-    from dimstudy.train.trainer import EMA_INIT_WARN
+    from dimstudy.train.ema import EMA_INIT_WARN
 
     if df.empty or "ema_decay" not in df or "steps" not in df:
         return None
@@ -166,7 +169,7 @@ def _write_table(table: pd.DataFrame, out: Path, stem: str, caption: str, fid_he
     """The table as .md (with its note and ordering claim under it), .tex (both in the caption) and .csv."""
     shown = tables.display(table, fid_header)
     words = " ".join(w for w in (tables.table_note(table), tables.ordering_claim(table)) if w)
-    md = tables.markdown(shown) + (f"\n\n{words}" if words else "")
+    md = tables.markdown_table(shown) + (f"\n\n{words}" if words else "")
     (out / f"{stem}.md").write_text(md + "\n", encoding="utf-8")
     (out / f"{stem}.tex").write_text(tables.latex(shown, f"{caption} {words}".strip(), f"tab:{stem}"), encoding="utf-8")
     tables.csv_frame(table).to_csv(out / f"{stem}.csv", index=False, float_format="%.6g")
@@ -186,8 +189,8 @@ def tab4_section(df: pd.DataFrame, out: Path) -> str | None:
     caption = "Ablation of DiM's designs (paper Tab. 4): MS multiple scan patterns, LSC long skips, PT padding tokens, LFE local convs."
     md = _write_table(t, out, "tab4_ablation", caption, _fid_header(df))
     plots.plot_fid(t, out / "fid_tab4.png", "Tab. 4: ablations", _note(df))
-    missing = [label for label, (key, _) in zip(["full", "−LFE", "−PT", "−LSC", "−MS"], tables.PAPER_TAB4.items(), strict=True)
-               if key not in set(t["variant_key"])]
+    missing = [variant_label(v.components, minus="−") for v in map(make_variant, TAB4_DROPS)
+               if v.key not in set(t["variant_key"])]
     if missing:
         md += f"\n\nNot run yet: {', '.join(missing)} (`dimstudy ablate --drop each` on this study adds them)."
     return "\n".join([f"## Tab. 4: ablations\n\n{caption}\n", md, "",
@@ -202,7 +205,7 @@ def tab6_section(df: pd.DataFrame, out: Path) -> str | None:
     caption = "Scan patterns (paper Tab. 6): ① row-major, ② reversed, ③ column-major, ④ reversed; ⑤–⑧ zigzag orders (not in the paper)."
     md = _write_table(t, out, "tab6_scans", caption, _fid_header(df))
     plots.plot_fid(t, out / "fid_tab6.png", "Tab. 6: scan patterns", _note(df))
-    missing = [p for p in tables.PAPER_TAB6 if p not in set(t["scan_patterns"])]
+    missing = [p for p in TAB6_PATTERNS if p not in set(t["scan_patterns"])]
     note = ("The rows 1234 and 1 are the networks of Tab. 4's full and −MS rows (the same trials)."
             + (f" Not run yet: {', '.join(missing)} (`dimstudy scan-study` on this study adds it)." if missing else ""))
     md += f"\n\n{note}"
@@ -221,7 +224,7 @@ def sweep_section(df: pd.DataFrame, out: Path) -> str | None:
     if t.empty:
         return None
     t.to_csv(out / "sweep.csv", index=False, float_format="%.6g")
-    md = tables.markdown(t)
+    md = tables.markdown_table(t)
     (out / "sweep.md").write_text(md + "\n", encoding="utf-8")
     return f"## Sweep\n\nTrials best first (pruned and failed trials last).\n\n{md}\n\nFiles: `sweep.md`, `sweep.csv`."
 
@@ -267,17 +270,17 @@ def samples_section(df: pd.DataFrame, rel_study: Path) -> str | None:
 def sizes_section(df: pd.DataFrame, out: Path) -> str:
     """Tab. 1 (DiM-S/L/H as counted here beside the paper's numbers), then the networks this study trained."""
     t = tables.sizes_table()
-    (out / "tab1_sizes.md").write_text(tables.markdown(t) + "\n", encoding="utf-8")
+    (out / "tab1_sizes.md").write_text(tables.markdown_table(t) + "\n", encoding="utf-8")
     (out / "tab1_sizes.tex").write_text(tables.latex(t, "Model sizes (paper Tab. 1)", "tab:tab1_sizes"), encoding="utf-8")
     t.to_csv(out / "tab1_sizes.csv", index=False)
     md = ("## Tab. 1: model sizes\n\nCounted by `dimstudy.flops.summarize` at 32x32 input: parameters and GMACs of "
-          "one forward at batch 1 (the paper's 'GFLOPs'), with and without DiM's pad tokens.\n\n" + tables.markdown(t))
+          "one forward at batch 1 (the paper's 'GFLOPs'), with and without DiM's pad tokens.\n\n" + tables.markdown_table(t))
     ok = tables.ok_rows(df)
     cols = [c for c in ("variant", "model", "blocks", "width", "resolution", "params_m", "gflops") if c in ok]
     if not ok.empty and "params_m" in ok:
         v = in_table_order(ok, df).drop_duplicates("variant_key")[cols].reset_index(drop=True)
         v = v.rename(columns={"params_m": "params (M)", "gflops": "GFLOPs", "resolution": "px"})
-        md += "\n\nThe networks this study trained (GFLOPs at their training resolution):\n\n" + tables.markdown(v)
+        md += "\n\nThe networks this study trained (GFLOPs at their training resolution):\n\n" + tables.markdown_table(v)
     return md
 
 
@@ -288,7 +291,7 @@ def failures_section(df: pd.DataFrame) -> str | None:
     if bad.empty:
         return None
     cols = [c for c in ("trial", "variant", "seed", "status", "error", "timestamp") if c in bad]
-    return "## Trials that did not finish\n\n" + tables.markdown(bad[cols].reset_index(drop=True))
+    return "## Trials that did not finish\n\n" + tables.markdown_table(bad[cols].reset_index(drop=True))
 
 
 # -- sections from other tables -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dimstudy.report.speed import markdown_table
+from dimstudy.report.tables import markdown_table
 
 METHOD_LABELS = {
     "direct": "direct (no guidance)",

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-PAPER_CLAIM = "paper (Fig. 3, H800): DiM faster than U-ViT above 1280×1280; only slightly slower than the Mamba baseline"
-PAPER_CROSSOVER_PX = 1280  # Sec. 4.2: "DiM is faster than the transformer at resolutions above 1280 x 1280"
+from dimstudy.paper import FIG3_CLAIM, FIG3_CROSSOVER_PX
+from dimstudy.report.tables import markdown_table
 
 
 # -- selecting rows ----------------------------------------------------------------------------------------
@@ -175,9 +175,9 @@ def plot_fig3(df: pd.DataFrame, path: str | Path, show_paper_claim: bool = True)
         ax.tick_params(axis="x", labelrotation=45)
         ax.grid(alpha=0.3)
         res = df["resolution"]
-        if show_paper_claim and res.min() <= PAPER_CROSSOVER_PX <= res.max():  # a reference line, not a data point
-            ax.axvline(PAPER_CROSSOVER_PX, color="dimgray", ls=":", lw=1)
-            ax.text(PAPER_CROSSOVER_PX, 0.98, " paper's crossover (H800)", transform=ax.get_xaxis_transform(),
+        if show_paper_claim and res.min() <= FIG3_CROSSOVER_PX <= res.max():  # a reference line, not a data point
+            ax.axvline(FIG3_CROSSOVER_PX, color="dimgray", ls=":", lw=1)
+            ax.text(FIG3_CROSSOVER_PX, 0.98, " paper's crossover (H800)", transform=ax.get_xaxis_transform(),
                     fontsize=7, color="dimgray", va="top", rotation=90)
     axes[0][0].set_ylabel("ms per iteration (log scale; lower is faster)")
     axes[0][-1].legend(fontsize=8, loc="upper left")
@@ -185,7 +185,7 @@ def plot_fig3(df: pd.DataFrame, path: str | Path, show_paper_claim: bool = True)
     mode = ", ".join(sorted(df["mode"].unique())) if "mode" in df else ""
     fig.suptitle(f"Speed across resolutions (Fig. 3) — measured on {where_measured(df)}, {dtype}, {mode}", fontsize=10)
     if show_paper_claim:
-        fig.text(0.5, 0.01, PAPER_CLAIM, ha="center", va="bottom", fontsize=8, color="dimgray", style="italic")
+        fig.text(0.5, 0.01, FIG3_CLAIM, ha="center", va="bottom", fontsize=8, color="dimgray", style="italic")
     fig.tight_layout(rect=(0, 0.04 if show_paper_claim else 0, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,20 +195,6 @@ def plot_fig3(df: pd.DataFrame, path: str | Path, show_paper_claim: bool = True)
 
 
 # -- the summary -------------------------------------------------------------------------------------------
-def markdown_table(frame: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
-    """A plain Markdown table (no `tabulate` dependency)."""
-    def cell(v):
-        if isinstance(v, float):
-            return "" if math.isnan(v) else floatfmt.format(v)
-        return str(v)
-
-    frame = frame.reset_index() if frame.index.name or not isinstance(frame.index, pd.RangeIndex) else frame
-    head = [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def _has(df: pd.DataFrame, selector: str) -> bool:
     try:
         model_rows(df, selector)
@@ -226,7 +212,7 @@ def speed_summary_markdown(df: pd.DataFrame) -> str:
     out = [f"## Speed (Fig. 3): ms per iteration on {gpu} ({meta})", ""]
     out += [
         "Median of the timed repeats; each point in its own process. Failed points show their status.",
-        f"_{PAPER_CLAIM}._",
+        f"_{FIG3_CLAIM}._",
         "",
         markdown_table(speed_table(df, "ms")),
         "",
@@ -235,7 +221,7 @@ def speed_summary_markdown(df: pd.DataFrame) -> str:
         if _has(df, "dim") and _has(df, "uvit"):
             x = crossover(df, "dim", "uvit", batch)
             said = f"{x:.0f} px" if x is not None else "none in the measured range"
-            out.append(f"- batch {batch}: DiM becomes faster than U-ViT at **{said}** (paper: above {PAPER_CROSSOVER_PX} px).")
+            out.append(f"- batch {batch}: DiM becomes faster than U-ViT at **{said}** (paper: above {FIG3_CROSSOVER_PX} px).")
         if _has(df, "dim") and _has(df, "mamba"):
             ov = overhead(df, batch)
             if not ov.empty:

@@ -13,15 +13,11 @@ import math
 
 import pandas as pd
 
-from dimstudy.components import COMPONENTS
-from dimstudy.report.speed import markdown_table
-from dimstudy.study.grid import TAB4_DROPS, TAB6_PATTERNS, make_variant
+from dimstudy.models.components import COMPONENTS
+from dimstudy.paper import PAPER_COL, TAB4, TAB4_PATTERNS, TAB6, TAB6_PATTERNS, tab6_network, variant_label
+from dimstudy.study.grid import make_variant
 
-# The paper's FIDs (CIFAR-10, FID-50K): Tab. 4 by the components that are off, Tab. 6 by scan patterns.
-PAPER_TAB4 = dict(zip([make_variant(d).key for d in TAB4_DROPS], [2.92, 3.07, 2.94, 6.23, 17.60], strict=True))
-PAPER_TAB6 = dict(zip(TAB6_PATTERNS, [2.92, 2.91, 17.60], strict=True))
-PAPER_COL = {"tab4": "paper FID (Tab. 4)", "tab6": "paper FID (Tab. 6)"}
-ABBREV = {c.name: c.abbrev for c in COMPONENTS.values()}  # multi_scan -> MS, ...
+PAPER_TAB4 = {make_variant(drop).key: fid for drop, fid in TAB4.items()}  # the paper's Tab. 4 FIDs by network
 CIRCLED = dict(zip("12345678", "①②③④⑤⑥⑦⑧", strict=True))
 SPREAD = "std"  # what ± means: the sample standard deviation over seeds (ddof=1)
 
@@ -108,7 +104,7 @@ def _table(rows: pd.DataFrame, order: list[str], paper_col: str, paper_fid, labe
             halves[k] = (list(g["fid_half_a"].astype(float)), list(g["fid_half_b"].astype(float)))
     return pd.DataFrame({
         "variant": [label_fn(first.loc[k]) for k in keys],
-        **{ABBREV[c]: [bool(first.loc[k, c]) for k in keys] for c in COMPONENTS},
+        **{c.abbrev: [bool(first.loc[k, c.name]) for k in keys] for c in COMPONENTS.values()},
         "scan_patterns": [str(first.loc[k, "scan_patterns"]) for k in keys],
         "fid_mean": [stats.loc[k, "fid_mean"] for k in keys],
         "fid_std": [stats.loc[k, "fid_std"] for k in keys],
@@ -137,20 +133,20 @@ def _grid_rows(df: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["fid"].notna()] if "fid" in rows else rows.iloc[0:0]
 
 
+def _flags(row: pd.Series) -> dict[str, bool]:
+    return {c: bool(row[c]) for c in COMPONENTS}
+
+
 def ablation_table(df: pd.DataFrame) -> pd.DataFrame:
     """Tab. 4: DiM and its ablations (rows that scan 1234, or only 1 with multi_scan off), paper order first."""
     rows = _grid_rows(df)
     if rows.empty:
         return rows
-    rows = rows[rows["scan_patterns"].astype(str).isin(["1234", "1"])]
+    rows = rows[rows["scan_patterns"].astype(str).isin(TAB4_PATTERNS)]
     if rows.empty:
         return rows
-
-    def label(r):
-        flags = {c: bool(r[c]) for c in COMPONENTS}
-        return "full" if all(flags.values()) else "".join(f"−{ABBREV[c]}" for c, on in flags.items() if not on)
-
-    return _table(rows, list(PAPER_TAB4), PAPER_COL["tab4"], lambda k, r: PAPER_TAB4.get(k, math.nan), label)
+    return _table(rows, list(PAPER_TAB4), PAPER_COL["tab4"], lambda k, r: PAPER_TAB4.get(k, math.nan),
+                  lambda r: variant_label(_flags(r), minus="−"))
 
 
 def scan_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -158,11 +154,11 @@ def scan_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = _grid_rows(df)
     if rows.empty:
         return rows
-    rows = rows[rows["long_skip"].astype(bool) & rows["padding_tokens"].astype(bool) & rows["local_conv"].astype(bool)]
+    rows = rows[[tab6_network(_flags(r)) for _, r in rows.iterrows()]]
     if rows.empty:
         return rows
     order = [make_variant((), p).key for p in TAB6_PATTERNS]
-    return _table(rows, order, PAPER_COL["tab6"], lambda k, r: PAPER_TAB6.get(str(r["scan_patterns"]), math.nan),
+    return _table(rows, order, PAPER_COL["tab6"], lambda k, r: TAB6.get(str(r["scan_patterns"]), math.nan),
                   lambda r: str(r["scan_patterns"]))
 
 
@@ -323,8 +319,18 @@ def ordering_claim(table: pd.DataFrame) -> str:
     return " ".join(parts).replace("-", "−")
 
 
-def markdown(frame: pd.DataFrame) -> str:
-    return markdown_table(frame)
+def markdown_table(frame: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
+    """A plain Markdown table (no `tabulate` dependency)."""
+    def cell(v):
+        if isinstance(v, float):
+            return "" if math.isnan(v) else floatfmt.format(v)
+        return str(v)
+
+    frame = frame.reset_index() if frame.index.name or not isinstance(frame.index, pd.RangeIndex) else frame
+    head = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
 
 
 def latex(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:

@@ -34,8 +34,7 @@ except ModuleNotFoundError:  # Python 3.10
 import tomli_w
 
 from dimstudy.checks import check_ranges
-from dimstudy.train.config import TrainConfig
-from dimstudy.train.trainer import RESUME_MAY_CHANGE
+from dimstudy.train.config import RESUME_MAY_CHANGE, TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 PRESET_DIRS = (Path("experiments/studies"), REPO / "experiments" / "studies")  # searched in this order

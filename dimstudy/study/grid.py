@@ -10,19 +10,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dimstudy.components import COMPONENTS, component_flags, variant_name
+from dimstudy.models.components import COMPONENTS, component_flags
 from dimstudy.models.scans import parse_patterns
-
-DEFAULT_PATTERNS = "1234"  # DiM's (Fig. 2)
-# Tab. 4's rows, in the paper's order: what each row switches off.
-TAB4_DROPS: list[tuple[str, ...]] = [(), ("local_conv",), ("padding_tokens",), ("long_skip",), ("multi_scan",)]
-TAB6_PATTERNS = ["1234", "12", "1"]
+from dimstudy.paper import (
+    DEFAULT_PATTERNS,
+    PATTERN_COMPONENT,
+    SINGLE_PATTERN,
+    TAB4_DROPS,
+    TAB4_PATTERNS,
+    variant_key,
+    variant_label,
+)
 
 
 @dataclass(frozen=True)
 class Variant:
     label: str  # what the table that asked for it calls it: "full", "-PT", "12"
-    flags: tuple[tuple[str, bool], ...]  # (component, on) for all four, in COMPONENTS order
+    flags: tuple[tuple[str, bool], ...]  # (component, on) for every component, in COMPONENTS order
     patterns: str  # effective scan patterns: "1" whenever multi_scan is off
 
     @property
@@ -31,15 +35,14 @@ class Variant:
 
     @property
     def key(self) -> str:
-        """The network's name, e.g. 'scan1234-lsc1-pt1-lfe1' (multi_scan is implied by the patterns)."""
-        c = self.components
-        return f"scan{self.patterns}-lsc{int(c['long_skip'])}-pt{int(c['padding_tokens'])}-lfe{int(c['local_conv'])}"
+        """The network's name, e.g. 'scan1234-lsc1-pt1-lfe1' (see dimstudy.paper.variant_key)."""
+        return variant_key(self.components, self.patterns)
 
     @property
     def model_kwargs(self) -> dict:
-        """create_model overrides: the four flags and, when several directions are scanned, the patterns."""
+        """create_model overrides: the component flags and, when several directions are scanned, the patterns."""
         kw = dict(self.components)
-        if kw["multi_scan"]:
+        if kw[PATTERN_COMPONENT]:
             kw["scan_patterns"] = self.patterns
         return kw
 
@@ -50,12 +53,12 @@ def make_variant(drop=(), patterns: str = DEFAULT_PATTERNS, label: str | None = 
     Scanning only pattern 1 *is* multi_scan off (the model builds the same blocks), so it is stored that way.
     """
     flags = component_flags(drop=drop)
-    keys = parse_patterns(patterns) if flags["multi_scan"] else ("1",)
-    if keys == ("1",):
-        flags["multi_scan"] = False
+    keys = parse_patterns(patterns) if flags[PATTERN_COMPONENT] else (SINGLE_PATTERN,)
+    if keys == (SINGLE_PATTERN,):
+        flags[PATTERN_COMPONENT] = False
     eff = "".join(keys)
     if label is None:
-        label = variant_name(flags) if eff in (DEFAULT_PATTERNS, "1") else f"{variant_name(flags)} scan {eff}"
+        label = variant_label(flags) if eff in TAB4_PATTERNS else f"{variant_label(flags)} scan {eff}"
     return Variant(label, tuple((c, flags[c]) for c in COMPONENTS), eff)
 
 

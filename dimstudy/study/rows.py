@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dimstudy.models.components import COMPONENTS
 from dimstudy.results import append_row, read_table
 
 TABLE = "runs"
@@ -34,7 +35,7 @@ ROW_SCHEMA: dict[str, str] = {
     "retries": "how often the trial was re-queued after its worker died",
     # the network
     "model": "registry name",
-    "multi_scan": "MS on (Tab. 4)", "long_skip": "LSC on", "padding_tokens": "PT on", "local_conv": "LFE on",
+    **{c.name: f"{c.abbrev} on (Tab. 4)" for c in COMPONENTS.values()},
     "scan_patterns": "the scan patterns the blocks cycle through ('1' when multi_scan is off)",
     "params_m": "parameters (millions)",
     "gflops": "GMACs of one forward at batch 1 at the training resolution (the paper's 'GFLOPs')",

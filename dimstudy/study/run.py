@@ -1,4 +1,4 @@
-"""What the study commands do, as functions: enqueue the grid (or set up the sweep), run the workers, report.
+"""What the study commands do, as functions: enqueue the grid (or set up the sweep) and run the workers.
 
     ablate      -> run_grid(cfg, ablation_variants(cfg.drop))
     scan-study  -> run_grid(cfg, scan_variants(cfg.patterns))
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -24,7 +23,7 @@ Log = Callable[[str], None]
 
 
 def check_grid_model(cfg: StudyConfig) -> None:
-    from dimstudy.registry import get_entry
+    from dimstudy.models.registry import get_entry
 
     family = get_entry(cfg.train.model).family
     if family != "dim":
@@ -35,16 +34,15 @@ def check_grid_model(cfg: StudyConfig) -> None:
 def check_ema(cfg: StudyConfig, log: Log) -> None:
     """Say once, before any trial trains, when the preset's EMA would still be mostly the initial weights at
     the end of training (every trial would then sample noise); the trainer repeats it in each run."""
-    from dimstudy.train.trainer import ema_warning
+    from dimstudy.train.ema import ema_warning
 
     if msg := ema_warning(cfg.train):
         log(f"warning: {msg} (study flag --ema-warmup)")
 
 
-def run_grid(cfg: StudyConfig, variants: list[Variant], *, report: bool = True, log: Log = print,
-             trial_fn=run_trial) -> dict:
+def run_grid(cfg: StudyConfig, variants: list[Variant], *, log: Log = print, trial_fn=run_trial) -> dict:
     """Enqueue variants x seeds (points already covered are skipped), run cfg.workers workers until the study
-    is done, then write the report. Returns {"study", "counts", "report"}."""
+    is done. Returns {"study", "counts"}."""
     check_grid_model(cfg)
     check_ema(cfg, log)
     check_rows_match(cfg)
@@ -59,13 +57,14 @@ def run_grid(cfg: StudyConfig, variants: list[Variant], *, report: bool = True, 
         log(f"enqueued only; run them with `dimstudy worker --study {cfg.name}"
             + (f" --storage {cfg.storage}`" if cfg.storage else f" --results {cfg.results_dir}`")
             + " (or any study command on this study)")
-        return {"study": cfg.name, "counts": runner.trial_counts(study), "report": None}
+        return {"study": cfg.name, "counts": runner.trial_counts(study)}
     _run_workers(study, cfg, None, log, trial_fn)
-    return _finish(study, cfg, report, log)
+    return {"study": cfg.name, "counts": runner.trial_counts(study)}
 
 
-def run_sweep(cfg: StudyConfig, *, report: bool = True, log: Log = print, trial_fn=run_trial) -> dict:
-    """Sample cfg.sweep.n_trials settings (workers share the count), prune on the reported values, report."""
+def run_sweep(cfg: StudyConfig, *, log: Log = print, trial_fn=run_trial) -> dict:
+    """Sample cfg.sweep.n_trials settings (workers share the count), prune on the reported values. Returns
+    {"study", "counts"}."""
     from dimstudy.study.sweep import check_space, make_pruner, make_sampler
 
     check_space(cfg.sweep.space)
@@ -77,12 +76,11 @@ def run_sweep(cfg: StudyConfig, *, report: bool = True, log: Log = print, trial_
     log(f"sweep {cfg.name!r}: {cfg.sweep.n_trials} trials, sampler {cfg.sweep.sampler}, pruner {cfg.sweep.pruner}, "
         f"metric {cfg.sweep.metric} (storage {cfg.storage_url})")
     _run_workers(study, cfg, cfg.sweep.n_trials, log, trial_fn)
-    out = _finish(study, cfg, report, log)
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     if done:
         best = min(done, key=lambda t: t.value)
         log(f"best trial {best.number}: {cfg.sweep.metric} {best.value:.4g} with {best.params}")
-    return out
+    return {"study": cfg.name, "counts": runner.trial_counts(study)}
 
 
 def run_worker(name: str, storage: str | None = None, results_dir: str = "results", *, threads: int | None = None,
@@ -137,11 +135,3 @@ def _set_threads(n: int) -> None:
     if n and n > 0:
         torch.set_num_threads(n)
 
-
-def _finish(study, cfg: StudyConfig, report: bool, log: Log) -> dict:
-    out = {"study": cfg.name, "counts": runner.trial_counts(study), "report": None}
-    if report:
-        from dimstudy.report.build import build_report
-
-        out["report"] = build_report(Path(cfg.results_dir), cfg.name, log=log)
-    return out

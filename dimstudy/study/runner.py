@@ -39,6 +39,7 @@ import optuna
 from filelock import FileLock
 from optuna.trial import TrialState
 
+from dimstudy.runtime import one_line
 from dimstudy.study.config import StudyConfig, identity, identity_diff
 from dimstudy.study.grid import Variant
 
@@ -334,14 +335,15 @@ def work(study: optuna.Study, cfg: StudyConfig, trial_fn: TrialFn, *, sweep_budg
                 raise
             except Exception as e:  # the trial's own failure (a bug, out of memory): record it and go on
                 study.tell(trial, state=TrialState.FAIL)
-                log(f"trial {trial.number} failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+                log(f"trial {trial.number} failed: {one_line(e)}")
                 continue
         study.tell(trial, value)
     return ran
 
 
 def spawn_workers(cfg: StudyConfig, n: int, extra: list[str] | None = None) -> list[subprocess.Popen]:
-    """Start `n` local `dimstudy worker` processes on this study (as `python -m dimstudy.study worker`).
+    """Start `n` local `dimstudy worker` processes on this study (as `python -m dimstudy worker`, so they need no
+    `dimstudy` script on the PATH).
 
     CPU: each gets cores // n torch threads (cfg.threads overrides). CUDA: when the machine has GPUs for
     every worker's `nproc`, each gets its own (CUDA_VISIBLE_DEVICES); otherwise all share them, which is
@@ -354,7 +356,7 @@ def spawn_workers(cfg: StudyConfig, n: int, extra: list[str] | None = None) -> l
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DIMSTUDY_WORKER": f"{WORKER_ID}-w{i}"}
         if gpus >= n * cfg.nproc and n > 1:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(i * cfg.nproc, (i + 1) * cfg.nproc))
-        cmd = [sys.executable, "-m", "dimstudy.study", "worker", "--study", cfg.name, "--results", cfg.results_dir,
+        cmd = [sys.executable, "-m", "dimstudy", "worker", "--study", cfg.name, "--results", cfg.results_dir,
                "--threads", str(threads), *(extra or [])]
         if cfg.storage:
             cmd += ["--storage", cfg.storage]

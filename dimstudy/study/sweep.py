@@ -11,7 +11,7 @@ from __future__ import annotations
 import optuna
 
 from dimstudy.study.config import SweepConfig
-from dimstudy.train.config import TrainConfig, field_names
+from dimstudy.train.config import TrainConfig, field_names, parse_set
 
 SAMPLERS = {
     "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
@@ -78,8 +78,6 @@ def apply_params(cfg: TrainConfig, params: dict) -> TrainConfig:
 def parse_space_option(items: list[str]) -> dict:
     """['lr=1e-4:3e-3:log', 'ema_decay=0.99,0.999', 'warmup_steps=0:500', 'model_kwargs.d_state=8,16']
     -> a space dict. LOW:HIGH[:log] is a range (ints give an integer range); A,B,... are choices."""
-    from dimstudy.cli.train import parse_set
-
     space = {}
     for item in items:
         name, sep, spec = item.partition("=")

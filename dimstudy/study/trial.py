@@ -27,6 +27,7 @@ import numpy as np
 import optuna
 import torch
 
+from dimstudy.runtime import one_line
 from dimstudy.study.cells import cell_identity, cell_train_config, finished_rows
 from dimstudy.study.config import StudyConfig
 from dimstudy.study.rows import bin_curve, final_loss, read_loss_log, write_curve, write_row
@@ -96,7 +97,7 @@ def run_trial(trial: optuna.Trial, cfg: StudyConfig, log: Log = print, progress:
         log(f"{tag} pruned")
         raise
     except Exception as e:
-        msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        msg = one_line(e)
         _finish_row({**base, "status": "failed", "error": msg, "wall_s": time.perf_counter() - t0}, cfg, tcfg)
         log(f"{tag} failed: {msg}\n{traceback.format_exc(limit=4)}")
         raise
@@ -114,7 +115,7 @@ def _release_cached_gpu_memory() -> None:
 
 def _finish_row(row: dict, cfg: StudyConfig, tcfg: TrainConfig) -> dict:
     from dimstudy.results import environment
-    from dimstudy.train.trainer import resolve_device
+    from dimstudy.runtime import resolve_device
 
     dev = resolve_device(tcfg.device)
     row.update({**environment(dev), "host": socket.gethostname(), "worker": WORKER_ID,
@@ -224,8 +225,8 @@ def _train_info(tcfg: TrainConfig, summary: dict, loss_log) -> dict:
 
 def _model_info(tcfg: TrainConfig, run_dir: Path) -> dict:
     """The network the trainer built (from the checkpoint's constructor arguments): flags, size, GMACs."""
-    from dimstudy.components import COMPONENTS
     from dimstudy.flops import build_on_meta, count_flops, count_params
+    from dimstudy.models.components import COMPONENTS
     from dimstudy.train.checkpoint import read_checkpoint
 
     kwargs = read_checkpoint(run_dir)["model_args"]["kwargs"]  # img_size, in_chans, num_classes, the flags
@@ -284,7 +285,7 @@ def ensure_reference(cfg: StudyConfig, tcfg: TrainConfig | None = None, log: Log
 
 
 def _eval_device(tcfg: TrainConfig) -> torch.device:
-    from dimstudy.train.trainer import resolve_device
+    from dimstudy.runtime import resolve_device
 
     dev = resolve_device(tcfg.device)
     return torch.device("cuda", torch.cuda.current_device()) if dev.type == "cuda" and dev.index is None else dev
@@ -305,7 +306,7 @@ def draw_chunks(model, schedule, n: int, folder: Path, *, sampler: str, steps: i
 
     from dimstudy.data.datasets import float_to_uint8
     from dimstudy.diffusion.graphs import graphed
-    from dimstudy.train import draw_samples
+    from dimstudy.diffusion.sampling import draw_samples
     from dimstudy.train.checkpoint import save_checkpoint
 
     model = graphed(model, device, cuda_graphs)
@@ -332,9 +333,9 @@ def evaluate(cfg: StudyConfig, tcfg: TrainConfig, run_dir: Path, n: int, seed: i
              progress: bool = False) -> tuple[dict, dict]:
     """(metrics, info) for the EMA weights in run_dir: n samples with cfg.eval's sampler, FID against the reference
     (progress: a bar over the sampling)."""
-    from dimstudy.bench.speed import backends_that_ran
     from dimstudy.diffusion import build_schedule
     from dimstudy.metrics import compute_metrics
+    from dimstudy.ops.mixers import kernels_that_ran
     from dimstudy.train import load_checkpoint
 
     e = cfg.eval
@@ -345,12 +346,12 @@ def evaluate(cfg: StudyConfig, tcfg: TrainConfig, run_dir: Path, n: int, seed: i
     folder = run_dir / "eval" / f"{tag}-{e.sampler}{e.steps}-n{n}-seed{seed}"
     samples = draw_chunks(model, build_schedule(tcfg.schedule), n, folder, sampler=e.sampler, steps=e.steps,
                           batch_size=e.batch_size, seed=seed, device=device, cuda_graphs=e.cuda_graphs, progress=progress)
-    backends = backends_that_ran(model)
+    backends = kernels_that_ran(model)
     if not backends.get("scan_backend") and not backends.get("attn_backend"):  # every chunk came from disk
         with torch.no_grad():
             model(torch.zeros(1, model.in_chans, model.img_size, model.img_size, device=device),
                   torch.ones(1, device=device), torch.zeros(1, dtype=torch.long, device=device) if model.num_classes else None)
-        backends = backends_that_ran(model)
+        backends = kernels_that_ran(model)
     t1 = time.perf_counter()
     metrics = compute_metrics(samples, **reference_args(cfg, tcfg), kid=e.kid, device=device, batch_size=e.fid_batch_size)
     if e.fid_halves and n >= 4:  # FID's own sampling noise: the same reference, two disjoint halves of the samples
@@ -367,7 +368,7 @@ def evaluate(cfg: StudyConfig, tcfg: TrainConfig, run_dir: Path, n: int, seed: i
 
 def _save_grid(images: torch.Tensor, study_dir: Path, run_name: str) -> str:
     from dimstudy.data.datasets import uint8_to_float
-    from dimstudy.train import save_grid
+    from dimstudy.diffusion.sampling import save_grid
 
     rel = Path("grids") / f"{run_name}.png"
     save_grid(uint8_to_float(images), Path(study_dir) / rel)

@@ -3,17 +3,15 @@
 from dimstudy.train.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from dimstudy.train.config import TrainConfig, load_config, save_config
 from dimstudy.train.ema import EMA
-from dimstudy.train.trainer import draw_samples, save_grid, train
+from dimstudy.train.trainer import train
 
 __all__ = [
     "EMA",
     "TrainConfig",
-    "draw_samples",
     "load_checkpoint",
     "load_config",
     "read_checkpoint",
     "save_checkpoint",
     "save_config",
-    "save_grid",
     "train",
 ]

@@ -206,7 +206,7 @@ def read_resumable(run_dir: str | Path, warn=warnings.warn) -> tuple[dict, Path]
 
 def build_model(model_args: dict) -> nn.Module:
     """The one place a network is made from a run: `create_model(name, **kwargs)`, for training and loading."""
-    from dimstudy.registry import create_model
+    from dimstudy.models.registry import create_model
 
     try:
         return create_model(model_args["name"], **model_args["kwargs"])
@@ -222,7 +222,7 @@ PRE_ISSUE_13 = {"head_cond": "adaln", "ada_class_table": False}
 
 def fit_model_args(model_args: dict, weights: dict, schedule: str | None = None, source: str = "checkpoint") -> dict:
     """`model_args`, plus PRE_ISSUE_13 when `weights` are a DiM/Mamba network saved before issue 13."""
-    from dimstudy.registry import get_entry
+    from dimstudy.models.registry import get_entry
 
     kwargs = model_args["kwargs"]
     old = ("ada_proj.1.weight" in weights and "ada_label_emb.weight" not in weights

@@ -24,6 +24,11 @@ import tomli_w
 from dimstudy.checks import check_ranges
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# Fields a resumed run may change; any other difference from the checkpoint's config is refused.
+RESUME_MAY_CHANGE = frozenset(
+    {"steps", "out_dir", "data_dir", "device", "ckpt_every", "keep_every", "log_every", "sample_every",
+     "num_workers", "compile", "results_dir"}
+)
 # the numeric fields whose range dimstudy.checks holds (the same limits as the CLI flags of the same name)
 CHECKED = ("resolution", "batch_size", "steps", "grad_accum", "ckpt_every", "log_every", "warmup_steps", "keep_every",
            "sample_every", "num_workers", "lr", "weight_decay", "ema_decay", "p_uncond", "grad_clip")
@@ -110,6 +115,28 @@ def load_config(path: str | Path | dict | None = None, **overrides) -> TrainConf
     if overrides.get("model_kwargs"):
         overrides["model_kwargs"] = {**d.get("model_kwargs", {}), **overrides["model_kwargs"]}
     return TrainConfig.from_dict(d, **overrides)
+
+
+def parse_set(items: list[str]) -> dict:
+    """['lr=1e-4', 'model_kwargs.scan_patterns="12"'] -> {'lr': 1e-4, 'model_kwargs': {'scan_patterns': '12'}}.
+
+    Values are read as TOML values; one that is not valid TOML is taken as a bare string (dataset=digits).
+    """
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> Path:

@@ -8,6 +8,8 @@ import math
 import torch
 import torch.nn as nn
 
+from dimstudy.train.config import TrainConfig
+
 
 class EMA:
     """ema <- decay * ema + (1 - decay) * param, for every parameter; buffers are copied.
@@ -59,3 +61,16 @@ def init_share(decay: float, steps: int, warmup: bool = False) -> float:
     if warmup:
         ramp = steps if decay >= 1 else min(steps, max(0, math.ceil((10 * decay - 1) / (1 - decay))))
     return math.prod(decay_at(decay, True, t) for t in range(ramp)) * decay ** (steps - ramp)
+
+
+EMA_INIT_WARN = 0.01  # warn when the final EMA keeps more than this share of the initial weights
+
+
+def ema_warning(cfg: TrainConfig) -> str | None:
+    """The warning for a run whose final EMA would keep more than EMA_INIT_WARN of the initial weights, else None."""
+    share = init_share(cfg.ema_decay, cfg.steps, cfg.ema_warmup)
+    if share <= EMA_INIT_WARN:
+        return None
+    return (f"EMA: with ema_decay {cfg.ema_decay} over {cfg.steps} steps"
+            f"{' (with warm-up)' if cfg.ema_warmup else ''}, the final EMA weights are still {share:.0%} the "
+            f"initial ones, and samples from them are mostly noise; set ema_warmup = true or lower ema_decay")

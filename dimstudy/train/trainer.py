@@ -31,7 +31,9 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from dimstudy.ops.mamba import mamba_modules
+from dimstudy.diffusion.sampling import draw_samples, save_grid
+from dimstudy.ops.mixers import kernels_that_ran
+from dimstudy.runtime import resolve_device
 from dimstudy.train.checkpoint import (
     LATEST,
     CheckpointError,
@@ -44,35 +46,11 @@ from dimstudy.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from dimstudy.train.config import TrainConfig, save_config
+from dimstudy.train.config import RESUME_MAY_CHANGE, TrainConfig, save_config
 from dimstudy.train.distributed import StepBatchSampler, all_mean, close_distributed, init_distributed
-from dimstudy.train.ema import EMA, init_share
+from dimstudy.train.ema import EMA, ema_warning, init_share
 
 LOSS_LOG = "loss.jsonl"
-# Fields a resumed run may change; any other difference from the checkpoint's config is refused.
-RESUME_MAY_CHANGE = frozenset(
-    {"steps", "out_dir", "data_dir", "device", "ckpt_every", "keep_every", "log_every", "sample_every",
-     "num_workers", "compile", "results_dir"}
-)
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """'auto' -> cuda when there is one, else cpu; a device this machine lacks is one ValueError line."""
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {str(name)!r}; valid choices: auto, cpu, cuda, cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
-            raise ValueError(f"--device {name} asked for, but {why}; use --device cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name} asked for, but there are {torch.cuda.device_count()} CUDA devices")
-    return dev
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for fp32. 'auto': bf16 on CUDA, fp32 on CPU."""
     if precision == "auto":
@@ -119,58 +97,6 @@ def accumulate_grads(
     return torch.stack(losses).sum()
 
 
-@torch.no_grad()
-def draw_samples(
-    model: nn.Module,
-    schedule,
-    n: int,
-    *,
-    sampler: str = "dpm_solver",
-    steps: int = 50,
-    cfg_scale: float = 0.0,
-    labels: torch.Tensor | None = None,
-    batch_size: int = 64,
-    seed: int = 0,
-    device=None,
-    progress: bool = False,
-    img_size: int | None = None,
-    upsample: dict | None = None,
-    cuda_graphs: bool = True,
-    clamp: bool = True,
-) -> torch.Tensor:
-    """n images (n, C, H, W) in [-1, 1] on the CPU, drawn in batches from one seeded generator.
-
-    clamp=False keeps the sampler's output as it is: latents (about unit variance) must not be clipped to [-1, 1].
-    A class-conditional model (num_classes > 0) gets `labels` (n,), or labels drawn uniformly from the seed.
-    img_size: sample at this side instead of the model's own (it interpolates its positional embedding).
-    upsample: UpsampleGuidance options {"m", "theta", "eta"}: Eq. (4) guidance, which then applies the CFG.
-    cuda_graphs: on CUDA, replay the network's forward from CUDA graphs (dimstudy.diffusion.graphs); pass a
-    `graphed` model to keep its graphs across calls. No effect on the CPU.
-    """
-    from dimstudy.diffusion.graphs import graphed
-    from dimstudy.diffusion.guidance import UpsampleGuidance
-    from dimstudy.diffusion.samplers import sample
-
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model = graphed(model, device, cuda_graphs)
-    num_classes = getattr(model, "num_classes", 0)
-    null_class = num_classes if num_classes else None
-    if num_classes and labels is None:
-        labels = torch.randint(num_classes, (n,), generator=torch.Generator().manual_seed(seed))
-    g = torch.Generator(device).manual_seed(seed)
-    shape = (model.in_chans, img_size or model.img_size, img_size or model.img_size)
-    eps_fn = UpsampleGuidance(model, schedule, cfg_scale=cfg_scale, null_class=null_class, **upsample) if upsample else None
-    out = []
-    for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
-        y = labels[start : start + b].to(device) if num_classes else None
-        x = sample(model, schedule, (b, *shape), sampler=sampler, steps=steps, y=y,
-                   cfg_scale=0.0 if eps_fn else cfg_scale, null_class=null_class, generator=g, device=device,
-                   progress=progress, eps_fn=eps_fn)
-        out.append((x.clamp(-1, 1) if clamp else x).cpu())
-    return torch.cat(out)
-
-
 def params_digest(model: nn.Module) -> str:
     """sha256 over the state dict's bytes: equal digests mean bit-identical weights."""
     h = hashlib.sha256()
@@ -194,19 +120,6 @@ def _truncate_log(path: Path, last_step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(rows), encoding="utf-8")
     os.replace(tmp, path)
-
-
-EMA_INIT_WARN = 0.01  # warn when the final EMA keeps more than this share of the initial weights
-
-
-def ema_warning(cfg: TrainConfig) -> str | None:
-    """The warning for a run whose final EMA would keep more than EMA_INIT_WARN of the initial weights, else None."""
-    share = init_share(cfg.ema_decay, cfg.steps, cfg.ema_warmup)
-    if share <= EMA_INIT_WARN:
-        return None
-    return (f"EMA: with ema_decay {cfg.ema_decay} over {cfg.steps} steps"
-            f"{' (with warm-up)' if cfg.ema_warmup else ''}, the final EMA weights are still {share:.0%} the "
-            f"initial ones, and samples from them are mostly noise; set ema_warmup = true or lower ema_decay")
 
 
 def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
@@ -235,7 +148,7 @@ def train(
     """
     from dimstudy.data import build_dataset
     from dimstudy.diffusion import build_schedule, drop_labels
-    from dimstudy.registry import get_entry
+    from dimstudy.models.registry import get_entry
     from dimstudy.results import append_row, environment
 
     get_entry(cfg.model)  # an unknown name fails here, before any data is loaded
@@ -387,7 +300,7 @@ def train(
             "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
             "checkpoint": str(latest), "loss_log": str(log_path),
             "params_digest": params_digest(raw), "ema_init_share": init_share(cfg.ema_decay, cfg.steps, cfg.ema_warmup),
-            "scan_backend": ",".join(sorted({m.last_backend for m in mamba_modules(raw) if m.last_backend})) or None,
+            "scan_backend": kernels_that_ran(raw)["scan_backend"],
         }
         if info.is_main:
             (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
@@ -396,16 +309,6 @@ def train(
         return summary
     finally:
         close_distributed(info)
-
-
-def save_grid(x: torch.Tensor, path: str | Path) -> Path:
-    """Images (n, C, H, W) in [-1, 1] as one square-ish PNG grid."""
-    from torchvision.utils import save_image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image((x + 1) / 2, path, nrow=math.ceil(math.sqrt(x.shape[0])))
-    return path
 
 
 def _sample_grid(model: nn.Module, schedule, path: Path, seed: int, n: int = 64) -> None:

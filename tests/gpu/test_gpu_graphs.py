@@ -5,9 +5,9 @@ import torch
 
 from dimstudy.diffusion import build_schedule
 from dimstudy.diffusion.graphs import CudaGraphDenoiser, graphed
+from dimstudy.diffusion.sampling import draw_samples
+from dimstudy.models.registry import create_model
 from dimstudy.ops import available_scan_backends, set_scan_backend
-from dimstudy.registry import create_model
-from dimstudy.train import draw_samples
 
 pytestmark = [
     pytest.mark.gpu,

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from dimstudy.models.registry import create_model
 from dimstudy.ops import available_scan_backends, set_scan_backend
-from dimstudy.registry import create_model
 
 pytestmark = [
     pytest.mark.gpu,

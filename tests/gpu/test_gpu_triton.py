@@ -9,9 +9,9 @@ Errors are norm-wise relative, ||a - b|| / ||b||, per tensor; each is printed, s
 import pytest
 import torch
 
+from dimstudy.models.registry import create_model
 from dimstudy.ops import available_scan_backends, set_scan_backend
 from dimstudy.ops.selective_scan import selective_scan_fn, selective_scan_ref
-from dimstudy.registry import create_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 needs_mamba_ssm = pytest.mark.skipif(selective_scan_fn is None, reason="mamba-ssm's kernels are not installed")

@@ -46,8 +46,3 @@ def component_flags(drop=(), keep_only=None) -> dict[str, bool]:
     keep = set(check_components(keep_only)) if keep_only is not None else set(COMPONENTS)
     return {c.flag: (c.name in keep and c.name not in drop) for c in COMPONENTS.values()}
 
-
-def variant_name(flags: dict[str, bool]) -> str:
-    """'full', or the paper's style '-PT', '-LFE-PT', for the components that are off."""
-    off = [COMPONENTS[n].abbrev for n, on in flags.items() if n in COMPONENTS and not on]
-    return "full" if not off else "".join(f"-{a}" for a in off)

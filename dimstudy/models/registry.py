@@ -34,7 +34,9 @@ def register_model(family: str, paper: dict | None = None, note: str = ""):
 
 
 def _ensure_loaded() -> None:
-    import dimstudy.models  # noqa: F401  (registers the presets)
+    # The architecture modules register their presets when imported; they import this module, so not at its top.
+    import dimstudy.models.dim  # noqa: F401
+    import dimstudy.models.uvit  # noqa: F401
 
 
 def list_models(pattern: str = "*") -> list[str]:
