@@ -4,7 +4,9 @@
     python experiments/bench_scan.py --sweep                            # also time every (BD, warps) config
 
 Shapes: DiM-H/2 at 1024 px (d_inner 3072, d_state 16, L 4496) forward at batch 1 and 8, and DiM-S/2
-training at 32 px (d_inner 1024, L 368, batch 128) forward and forward + backward. bf16 inputs, float32
+training at 32 px (d_inner 1024, L 368, batch 128) forward and forward + backward. "fwd" runs with no input
+needing a gradient (inference: the kernel saves no states); "fwd+bwd" is a training step's scan, whose forward
+saves the states every CHUNK steps for the backward. bf16 inputs, float32
 A, D and delta_bias, softplus on, z and D present: what the mixer passes. mamba-ssm reads (b, d, l) with
 stride 1 along l; the Triton kernel reads the mixer's (b, l, d) projections through a transpose.
 
@@ -119,17 +121,18 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bw
                 ts.BWD_PREFETCH = default_prefetch
                 os.environ.pop("DIMSTUDY_SCAN_BLOCK_BWD", None)
             cfg_used = cfg or ts._block_config(b, d, torch.device("cuda"), backward=grad)
-            n_ck = ts._chunking(length)[0]
+            chunk = ts.CHUNK if grad else ts.WALK_CHUNK  # with no gradient to come, nothing is saved
+            n_ck = ts._chunking(length, chunk)[0]
             parts_used = parts or ts._parts(b, d, cfg_used[0], n_ck, torch.device("cuda"))
             row = {"shape": name, "mode": mode, "batch": b, "d_inner": d, "d_state": n, "seqlen": length,
                    "dtype": "bf16", "block_d": cfg_used[0], "num_warps": cfg_used[1], "parts": parts_used, "default_config": cfg is None and parts is None,
                    "bwd_prefetch": prefetch if grad else None,
-                   "chunk": ts.CHUNK, "scatter_sums": ts.SCATTER_SUMS, "ms_mamba_ssm": t_m, "ms_triton": t_t, "speedup": t_m / t_t,
+                   "chunk": chunk, "saves_states": grad, "scatter_sums": ts.SCATTER_SUMS, "ms_mamba_ssm": t_m, "ms_triton": t_t, "speedup": t_m / t_t,
                    "floor_exp_ms": floor, "floor_mem_ms": mem, "triton_over_floor": t_t / max(floor, mem),
                    "rel_err_vs_mamba_ssm": err, "copy_tb_s": bw / 1e12, "seed": 0}
             rows.append(row)
             print(f"{name:26s} {mode:8s} BD {cfg_used[0]:3d} w {cfg_used[1]} p {parts_used:2d} pf {int(prefetch)} "
-                  f"ck {ts.CHUNK} sc {int(ts.SCATTER_SUMS)} | mamba-ssm {t_m:8.3f} ms | triton "
+                  f"ck {chunk} sc {int(ts.SCATTER_SUMS)} | mamba-ssm {t_m:8.3f} ms | triton "
                   f"{t_t:8.3f} ms | x{t_m / t_t:5.2f} | floor exp {floor:.3f} mem {mem:.3f} ms | "
                   f"{t_t / max(floor, mem):5.1f}x floor | err {max(err.values()):.1e}", flush=True)
     return rows
@@ -140,7 +143,7 @@ def summarize(path: str) -> str:
     import json
 
     rows = [json.loads(line) for line in open(path, encoding="utf-8")]
-    out = ["| commit | shape | mode | config (BD, warps, parts) | mamba-ssm ms | triton ms | speed-up | over floor |",
+    out = ["| commit | shape | mode | config (BD, warps, parts[, chunk]) | mamba-ssm ms | triton ms | speed-up | over floor |",
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     seen = []
     for r in rows:
@@ -155,6 +158,8 @@ def summarize(path: str) -> str:
             picks.append(("best of sweep", best))
         for label, r in picks:
             cfg = f"{r['block_d']}, {r['num_warps']}, {r.get('parts', 1)}" + (" (no prefetch)" if r.get("bwd_prefetch") is False else "")
+            if "chunk" in r:  # rows that name the chunk between saved states (and, from 001b9c01da3f, the sums)
+                cfg += f", chunk {r['chunk']}" + ("" if r.get("scatter_sums", True) else ", per-n sums")
             out.append(f"| {sha} | {shape} | {mode} | {label}: {cfg} | {r['ms_mamba_ssm']:.3f} | {r['ms_triton']:.3f} | "
                        f"{r['speedup']:.2f}x | {r['triton_over_floor']:.1f}x |")
     return "\n".join(out)

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
     monkeypatch.setattr(ts, "CHUNK", 8)  # 8 steps between saved states: short sequences cross several chunks
+    monkeypatch.setattr(ts, "WALK_CHUNK", 8)  # and without a backward, parts of a few chunks each
 
 
 def device():
@@ -189,9 +190,30 @@ def test_custom_ops_trace_without_graph_breaks():
         torch.testing.assert_close(a, b)
 
 
-def test_custom_op_fakes_agree_with_the_kernels():
+@pytest.mark.parametrize("chunk", [4, 0])  # states saved every 4 steps; none (no backward to come)
+def test_custom_op_fakes_agree_with_the_kernels(chunk):
     x = make_inputs(2, 3, 4, 10, dtype=torch.float32)
     x = {k: v.to(device()) for k, v in x.items()}
     torch.library.opcheck(torch.ops.dimstudy.selective_scan_fwd.default,
-                          (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True),
+                          (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, chunk),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("parts", [None, 3])
+def test_without_gradients_nothing_is_saved_and_y_is_the_same(monkeypatch, parts):
+    """Inference (no input needs a gradient) saves no states; its y and last state equal the training forward's
+    and the reference, also walked in parts."""
+    monkeypatch.setattr(ts, "PARTS_OVERRIDE", parts)
+    x = make_inputs(1, 5, 16, 29, dtype=torch.float32, seed=17)
+    x = {k: v.to(device()) for k, v in x.items()}
+    args = [x[k] if k in x else None for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    y0, last0, saved0 = torch.ops.dimstudy.selective_scan_fwd(*args, True, 0)
+    y1, last1, saved1 = torch.ops.dimstudy.selective_scan_fwd(*args, True, ts.CHUNK)
+    assert saved0.shape == (1, 0, 16, 5) and saved1.shape == (1, 4, 16, 5)  # 29 steps: 4 chunks of 8
+    torch.testing.assert_close(y0, y1, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(last0, last1, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        y, last = ts.selective_scan_triton(**x, delta_softplus=True, return_last_state=True)
+    y_ref, last_ref = selective_scan_ref(**{k: v.cpu().double() for k, v in x.items()}, delta_softplus=True,
+                                         return_last_state=True)
+    assert rel_err(y.double().cpu(), y_ref) < 1e-5 and rel_err(last.double().cpu(), last_ref) < 1e-5

@@ -123,7 +123,7 @@ def _scan_fwd_kernel(
     s_zb, s_zd, s_zl, s_yb, s_yd, s_yl,
     BD: tl.constexpr, NP: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    STATE_ONLY: tl.constexpr, FAST_EXP: tl.constexpr, EVEN_N: tl.constexpr,
+    STATE_ONLY: tl.constexpr, FAST_EXP: tl.constexpr, EVEN_N: tl.constexpr, SAVE: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -150,7 +150,7 @@ def _scan_fwd_kernel(
     nxt = _load_step(c_lo * CK, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
                      o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z and not STATE_ONLY)
     for c in range(c_lo, c_hi):
-        if not STATE_ONLY:
+        if SAVE and not STATE_ONLY:
             tl.store(ck_base + c * DIM * NST, h, mask=mask_dn)  # the state entering chunk c
         for i in range(CK):
             t = c * CK + i
@@ -344,13 +344,18 @@ def _scan_bwd_kernel(
 
 
 # -- launchers ----------------------------------------------------------------------------------------------
-# steps between the states the forward saves for the backward (scratch: (CHUNK + 1) * BD * n floats per program)
-CHUNK = int(os.environ.get("DIMSTUDY_SCAN_CHUNK", "64"))
+# Steps between the states the forward saves when a backward will follow. The backward's scratch holds one
+# chunk's states, (CHUNK + 1) * BD * n floats per program: at 16 it stays in L2 for every program resident
+# at once, where 64 spilled to memory (DiM-S/2's training shape: fwd + bwd 3.39 against 3.58 ms, H200).
+CHUNK = int(os.environ.get("DIMSTUDY_SCAN_CHUNK", "16"))
+# Without a backward nothing is saved, and chunks only set the granularity of the forward's sequence parts:
+# 64, where 16 and 32 were up to 8% slower at DiM-H/2's 1024 px shapes (results/scan-bench/).
+WALK_CHUNK = 64
 
 
-def _chunking(length: int) -> tuple[int, int]:
-    """(number of chunks, chunk length): about CHUNK steps each, evened out so the last is not mostly padding."""
-    n_ck = triton.cdiv(length, CHUNK)
+def _chunking(length: int, chunk: int) -> tuple[int, int]:
+    """(number of chunks, chunk length): about `chunk` steps each, evened out so the last is not mostly padding."""
+    n_ck = triton.cdiv(length, chunk)
     return n_ck, triton.cdiv(length, n_ck)
 
 
@@ -426,15 +431,16 @@ PARTS_TARGET = 192
 PARTS_OVERRIDE: int | None = None
 
 
-def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """Launch the forward: y (u's dtype and layout), last state (b, n, d) float32, saved states (b, chunks, n, d).
+def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, chunk=0):
+    """Launch the forward: y (u's dtype and layout), last state (b, n, d) float32, and the states entering
+    every `chunk` steps for the backward, (b, chunks, n, d); with chunk 0 (no backward to come) none, (b, 0, n, d).
 
     The sequence is walked in _parts(...) parts in parallel (PARTS_OVERRIDE fixes the count).
     """
     _check(u, delta, A, B, C, D, z, delta_bias)
     b, d, length = u.shape
     n = A.shape[1]
-    n_ck, ck = _chunking(length)
+    n_ck, ck = _chunking(length, chunk or WALK_CHUNK)
     bd, warps = _block_config(b, d, u.device)
     n_part = _parts(b, d, bd, n_ck, u.device)
     cpp = triton.cdiv(n_ck, n_part)  # saved-state chunks per part
@@ -442,13 +448,14 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     f32 = {"device": u.device, "dtype": torch.float32}
     y = torch.empty_like(u)
     last = torch.empty(b, n, d, **f32)  # states are kept (n, d): d is the contiguous axis of every tile
-    saved = torch.empty(b, n_ck, n, d, **f32)
+    saved = torch.empty(b, n_ck if chunk else 0, n, d, **f32)
     ends, dtsums = torch.empty(b, n_part, n, d, **f32), torch.empty(b, n_part, d, **f32)
     A = A.t().contiguous()  # (n, d)
     zz = u if z is None else z
     np_ = _padded_n(n)
     common = dict(BD=bd, NP=np_, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                  SOFTPLUS=delta_softplus, FAST_EXP=_fast_exp(u), EVEN_N=np_ == n, num_warps=warps)
+                  SOFTPLUS=delta_softplus, FAST_EXP=_fast_exp(u), EVEN_N=np_ == n, SAVE=chunk > 0,
+                  num_warps=warps)
     args = (u, delta, A, B, C, u if D is None else D, zz, u if delta_bias is None else delta_bias,
             y, last, saved, ends, dtsums, length, d, n, n_ck, ck, cpp, n_part, *_strides(u, delta, B, C, zz, y))
     if n_part > 1:
@@ -461,7 +468,10 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, gr
     """Launch the backward; returns du, ddelta, dA, dB, dC, dD, dz, ddelta_bias (None for absent inputs)."""
     b, d, length = u.shape
     n = A.shape[1]
-    n_ck, ck = _chunking(length)
+    n_ck = saved.shape[1]  # the forward's chunks, whatever CHUNK was then
+    if n_ck == 0:
+        raise RuntimeError("the forward saved no states (it ran without inputs that need gradients)")
+    ck = triton.cdiv(length, n_ck)
     bd, warps = _block_config(b, d, u.device, backward=True)
     nb = triton.cdiv(d, bd)
     np_ = _padded_n(n)
@@ -496,14 +506,14 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, gr
 @torch.library.custom_op("dimstudy::selective_scan_fwd", mutates_args=())
 def _scan_fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
-                 delta_softplus: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+                 delta_softplus: bool, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk)
 
 
 @_scan_fwd_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk):
     b, d, length = u.shape
-    n_ck, _ = _chunking(length)
+    n_ck = _chunking(length, chunk)[0] if chunk else 0
     f32 = {"dtype": torch.float32}
     return torch.empty_like(u), u.new_empty(b, A.shape[1], d, **f32), u.new_empty(b, n_ck, A.shape[1], d, **f32)
 
@@ -524,7 +534,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, grad_y, grad_l
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus = inputs
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, _chunk = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
     ctx.delta_softplus = delta_softplus
 
@@ -534,7 +544,7 @@ def _backward(ctx, grad_y, grad_last, _grad_saved):
     grads = _scan_bwd_op(u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, saved, grad_y.contiguous()
                          if grad_y.stride(1) != 1 and grad_y.stride(2) != 1 else grad_y, grad_last)
     present = (u, delta, A, B, C, D, z, delta_bias)
-    return (*(None if x is None else g for x, g in zip(present, grads)), None)
+    return (*(None if x is None else g for x, g in zip(present, grads)), None, None)
 
 
 _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -553,5 +563,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
             raise ValueError(f"B and C must be (b, n, l) or one group (b, 1, n, l); got {tuple(B.shape)}, "
                              f"{tuple(C.shape)}")
         B, C = B.squeeze(1), C.squeeze(1)
-    y, last, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    backward = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
+    y, last, _ = _scan_fwd_op(*inputs, bool(delta_softplus), CHUNK if backward else 0)
     return (y, last.transpose(1, 2)) if return_last_state else y  # last: (b, d, n), stored (b, n, d)
