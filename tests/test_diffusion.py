@@ -257,3 +257,21 @@ def test_drop_labels():
     assert is_null.float().mean().item() == pytest.approx(0.15, abs=0.02)
     assert (dropped[~is_null] == y[~is_null]).all()
     assert (drop_labels(y, 0.0, 10) == y).all() and (drop_labels(y, 1.0, 10) == 10).all()
+
+
+def test_small_sample_grids_are_enlarged_by_whole_factors(tmp_path):
+    """8 samples of 16 px, 3 per row, would make a 56 px wide grid; it comes out >= 512 px wide, each sample pixel
+    an 11 x 11 block (the smallest whole factor that reaches 512: 3 x 16 x 11 = 528)."""
+    import numpy as np
+    from PIL import Image
+
+    from dimstudy.diffusion.sampling import save_grid
+
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    grid = np.asarray(Image.open(save_grid(x, tmp_path / "small.png")))
+    assert grid.shape == (3 * 176 + 4 * 2, 3 * 176 + 4 * 2, 3)  # 3 x 3 cells of 16 x 11 px, 2 px padding
+    first = grid[2:178, 2:178]  # sample 0, enlarged
+    expected = np.round(((x[0] + 1) / 2 * 255).clamp(0, 255).permute(1, 2, 0).numpy()).astype(np.uint8)
+    assert (first == np.repeat(np.repeat(expected, 11, axis=0), 11, axis=1)).all()
+    big = np.asarray(Image.open(save_grid(torch.zeros(4, 3, 300, 300), tmp_path / "big.png")))
+    assert big.shape[1] == 2 * 300 + 3 * 2  # already wide enough: unchanged

@@ -63,11 +63,19 @@ def draw_samples(
     return torch.cat(out)
 
 
-def save_grid(x: torch.Tensor, path: str | Path) -> Path:
-    """Images (n, C, H, W) in [-1, 1] as one square-ish PNG grid."""
+GRID_MIN_WIDTH = 512  # px: 8 x 16 px samples would otherwise make a 146 px grid, too small to judge in a report
+
+
+def save_grid(x: torch.Tensor, path: str | Path, min_width: int = GRID_MIN_WIDTH) -> Path:
+    """Images (n, C, H, W) in [-1, 1] as one square-ish PNG grid, at least `min_width` wide: small images are
+    enlarged by a whole factor, nearest-neighbour, so every sample pixel becomes a block of equal pixels."""
     from torchvision.utils import save_image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image((x + 1) / 2, path, nrow=math.ceil(math.sqrt(x.shape[0])))
+    nrow = math.ceil(math.sqrt(x.shape[0]))
+    scale = max(1, math.ceil(min_width / (nrow * x.shape[-1])))
+    if scale > 1:
+        x = torch.nn.functional.interpolate(x.float(), scale_factor=scale, mode="nearest")
+    save_image((x + 1) / 2, path, nrow=nrow)
     return path
