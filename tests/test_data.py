@@ -92,6 +92,14 @@ def test_unreadable_images_are_listed_in_one_error_before_any_is_used(tmp_path):
     msg = str(e.value)
     assert msg.startswith(f"3 of 5 images under {tmp_path} cannot be read: b.png (") and "d.png (" in msg
     assert "e.png (" in msg and "a.png" not in msg and "c.jpg" not in msg and "\n" not in msg
+    assert msg.endswith("remove or replace them, or skip them with --skip-unreadable")
+    with pytest.warns(UserWarning, match=r"3 of 5 images under .* cannot be read: .*; skipped \(--skip-unreadable\)"):
+        ds = build_dataset("folder", 16, data_dir=tmp_path, skip_unreadable=True)
+    assert [p.name for p in ds.paths] == ["a.png", "c.jpg"] and len(ds) == 2 and ds[1][0].shape == (3, 16, 16)
+    for name in ["a.png", "c.jpg"]:
+        (tmp_path / name).write_text("broken too")
+    with pytest.raises(ValueError, match="5 of 5 images .* remove or replace them$"):  # nothing left to skip to
+        build_dataset("folder", 16, data_dir=tmp_path, skip_unreadable=True)
 
 
 def test_folder_resizes_shorter_side_then_centre_crops(tmp_path):

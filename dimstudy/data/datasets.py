@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import warnings
 from pathlib import Path
 from urllib.error import URLError
 
@@ -220,21 +221,26 @@ class Cifar10(ImageDataset):
         return x, int(self.labels[i]) if self.num_classes else NO_LABEL
 
 
-def check_images(paths: list[Path], root: Path) -> None:
-    """One ValueError listing every file PIL cannot read (empty, truncated, not an image), before any is used:
-    one bad file in a large folder would otherwise stop a run midway. PIL's verify() reads each file without
-    decoding it."""
-    bad = []
+def check_images(paths: list[Path], root: Path, skip: bool = False) -> list[Path]:
+    """The readable ones of `paths`. Every file PIL cannot read (empty, truncated, not an image) is found before
+    any is used, since one bad file in a large folder would otherwise stop a run midway: all of them are named
+    in one ValueError, or with `skip` in one warning and left out. PIL's verify() reads a file without decoding it."""
+    bad, good = [], []
     for p in paths:
         try:
             with Image.open(p) as img:
                 img.verify()
         except Exception as e:  # UnidentifiedImageError, OSError (truncated), SyntaxError (bad PNG chunks), ...
             bad.append(f"{p.relative_to(root)} ({type(e).__name__})")
+        else:
+            good.append(p)
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise ValueError(f"{len(bad)} of {len(paths)} images under {root} cannot be read: {', '.join(bad[:5])}{more}; "
-                         "remove or replace them")
+        what = f"{len(bad)} of {len(paths)} images under {root} cannot be read: {', '.join(bad[:5])}{more}"
+        if not skip or not good:
+            raise ValueError(f"{what}; remove or replace them" + ("" if skip else ", or skip them with --skip-unreadable"))
+        warnings.warn(f"{what}; skipped (--skip-unreadable)", stacklevel=2)
+    return good
 
 
 class ImageFolder(ImageDataset):
@@ -245,14 +251,14 @@ class ImageFolder(ImageDataset):
     of same-sized square images (e.g. saved samples) exactly as stored.
     """
 
-    def __init__(self, resolution=None, data_dir=None, train=True, class_labels=False):
+    def __init__(self, resolution=None, data_dir=None, train=True, class_labels=False, skip_unreadable=False):
         if data_dir is None:
             raise ValueError("the folder dataset needs data_dir (a folder of images)")
         self.root = Path(data_dir).expanduser()
         self.paths = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not self.paths:
             raise DatasetUnavailableError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {self.root}")
-        check_images(self.paths, self.root)
+        self.paths = check_images(self.paths, self.root, skip=skip_unreadable)
         self.classes: list[str] = []
         if class_labels:
             tops = [p.relative_to(self.root).parts for p in self.paths]
