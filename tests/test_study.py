@@ -476,3 +476,20 @@ def test_standalone_workers_get_unique_names_from_host_and_pid():
     names = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
              for _ in range(2)]
     assert names[0] != names[1] and all(n.startswith(f"{socket.gethostname()}-") for n in names)
+
+
+def test_trials_without_a_bar_log_their_progress_every_minute():
+    """Several workers share one terminal, so a trial logs a line a minute: step, rate and time left, counted
+    from the first step this process trained (here a run resumed at step 100, one step every 0.5 s)."""
+    from dimstudy.study.trial import _chain, _progress_lines
+
+    now, lines, seen = [0.0], [], []
+    hook = _chain(None, _progress_lines(lines.append, "[w1 trial 3 -PT seed 0]", 800, clock=lambda: now[0]),
+                  lambda row: seen.append(row["step"]))
+    for step in range(101, 801):
+        now[0] += 0.5
+        hook({"step": step, "loss": 0.1})
+    assert seen == list(range(101, 801))  # every hook sees every step
+    assert len(lines) == 5  # at 60, 120, 180, 240 and 300 s of the 350
+    assert lines[0] == "[w1 trial 3 -PT seed 0] step 220/800 (28%), 2.00 steps/s, 4m50s left"
+    assert _chain(None, None) is None

@@ -145,8 +145,42 @@ def _train(trial, kind: str, cfg: StudyConfig, tcfg: TrainConfig, log: Log, tag:
                 if trial.should_prune():
                     raise optuna.TrialPruned()
         return summary
-    on_step = _loss_reporter(trial, every) if sweep else None
-    return _train_segment(cfg, tcfg, on_step, progress)
+    hooks = [_loss_reporter(trial, every) if sweep else None, None if progress else _progress_lines(log, tag, tcfg.steps)]
+    return _train_segment(cfg, tcfg, _chain(*hooks), progress)
+
+
+PROGRESS_EVERY_S = 60.0  # a trial's progress line, when workers share a terminal and no bar is drawn
+
+
+def _progress_lines(log: Log, tag: str, total: int, every_s: float = PROGRESS_EVERY_S, clock=time.monotonic):
+    """on_step that logs, every `every_s` seconds, the step reached, the rate since this process started
+    training (a resumed run starts counting at its first new step) and the time left at that rate."""
+    start, last, first = clock(), clock(), None
+
+    def on_step(row: dict) -> None:
+        nonlocal last, first
+        now, step = clock(), row["step"]
+        if first is None:
+            first = step - 1
+        if now - last >= every_s and step < total:
+            rate = (step - first) / max(now - start, 1e-9)
+            left = (total - step) / rate
+            log(f"{tag} step {step}/{total} ({100 * step / total:.0f}%), {rate:.2f} steps/s, "
+                f"{int(left // 60)}m{int(left % 60):02d}s left")
+            last = now
+
+    return on_step
+
+
+def _chain(*hooks):
+    """One on_step calling each hook given (None when there is none)."""
+    hooks = [h for h in hooks if h is not None]
+
+    def on_step(row: dict) -> None:
+        for hook in hooks:
+            hook(row)
+
+    return on_step if hooks else None
 
 
 def _loss_reporter(trial, every: int):
