@@ -75,6 +75,10 @@ def _cases():
         (["train", "--preset", "nope", "--out", "{r}/new"], "unknown preset 'nope'; valid choices: "),
         (["train", *TINY, "--dataset", "folder", "--data-dir", "{r}/images", "--out", "{r}/new"],
          "1 of 1 images under {r}/images cannot be read: broken.png (UnidentifiedImageError)"),
+        (["train", *TINY, "--skip-unreadable", "--out", "{r}/new"], "--skip-unreadable applies to the folder dataset, "
+                                                                     "not 'digits'"),
+        (["fid", "{r}/images", "--dataset", "digits", "--skip-unreadable"], "1 of 1 images under {r}/images cannot be "
+                                                                            "read: broken.png (UnidentifiedImageError); remove or replace them"),
         (["finetune", "--from", "{r}/run", "--scale", "2", "--ema-decay", "1.0"], "--ema-decay must be in [0, 1), got 1.0"),
         (["fid", "{r}", "--dataset", "digits", "--num-samples", "1"], "--num-samples must be >= 2, got 1"),
         (["fid", "{r}/one", "--dataset", "digits", "--resolution", "16", "--no-progress"],

@@ -118,3 +118,23 @@ def test_fid_samples_a_checkpoint_and_scores_it(runner_app, smoke_run):
     assert "FID" in result.output and "6 samples" in result.output
     result = runner.invoke(app, ["fid", str(out), "--ckpt", str(out), "--dataset", "digits"])
     assert result.exit_code == 2 and "give either SAMPLES (a folder or an .npz) or --ckpt" in result.output
+
+
+def test_train_skips_unreadable_folder_images_only_when_asked(runner_app, tmp_path):
+    """A folder with one broken file: without --skip-unreadable one error names it; with it, training runs on the
+    readable images and the warning names what was left out."""
+    import numpy as np
+
+    runner, app = runner_app
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(9):  # one batch of 8 at least
+        Image.fromarray(np.full((8, 8, 3), 25 * i, dtype=np.uint8)).save(data / f"{i}.png")
+    (data / "broken.png").write_text("not a png")
+    args = ["train", "--preset", SMOKE, "--steps", "2", "--dataset", "folder", "--data-dir", str(data), *FAST]
+    stopped = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert stopped.exit_code == 2 and "broken.png (UnidentifiedImageError)" in stopped.output
+    with pytest.warns(UserWarning, match=r"1 of 10 images under .* cannot be read: broken.png .*skipped"):
+        done = runner.invoke(app, [*args, "--skip-unreadable", "--out", str(tmp_path / "b")])
+    assert done.exit_code == 0, done.output
+    assert read_checkpoint(tmp_path / "b" / "latest.pt")["config"]["skip_unreadable"] is True

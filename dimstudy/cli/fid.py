@@ -75,6 +75,8 @@ def register(app: typer.Typer) -> None:
         results: Annotated[Path | None, typer.Option(help="Also append the metrics as a row to RESULTS/fid.jsonl "
                                                      "(with versions, GPU and git SHA).")] = None,
         progress: Annotated[bool, typer.Option(help="Progress bars for the Inception passes.")] = True,
+        skip_unreadable: Annotated[bool, typer.Option("--skip-unreadable", help="Leave out image files that cannot "
+                                                      "be read (with a warning naming them) instead of stopping.")] = False,
     ):
         """FID, sFID, KID (and precision/recall, IS) of samples against a dataset or a reference .npz.
 
@@ -105,7 +107,7 @@ def register(app: typer.Typer) -> None:
         r = compute_metrics(samples, reference, num_samples=num_samples, num_reference=num_reference,
                             resolution=resolution, data_dir=data_dir, train=split == "train", fid_weights=fid_weights,
                             prc=prc, isc=isc, sfid=sfid, preprocess=preprocess, device=device,
-                            batch_size=batch_size, progress=progress)
+                            batch_size=batch_size, progress=progress, skip_unreadable=skip_unreadable)
         typer.echo(format_metrics(r))
         if results is not None:
             from dimstudy.results import append_row, environment

@@ -72,6 +72,8 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str | None, typer.Option(help="Registered model, e.g. dim_s_2 (see `dimstudy models`).")] = None,
         dataset: Annotated[str | None, typer.Option(help="digits or photos (both offline), cifar10, folder or latents.")] = None,
         data_dir: Annotated[str | None, typer.Option(help="Where the dataset lives (folder/latents need it).")] = None,
+        skip_unreadable: Annotated[bool | None, typer.Option("--skip-unreadable", help="Dataset folder: leave out "
+                                                             "files that cannot be read (one warning) instead of stopping.")] = None,
         resolution: Annotated[int | None, typer.Option(help="Image side in pixels.")] = None,
         class_cond: Annotated[bool | None, typer.Option("--class-cond/--uncond", help="Train with class labels (CFG).")] = None,
         schedule: Annotated[str | None, typer.Option(help="vpsde, ddpm_linear or ddpm_scaled_linear.")] = None,
@@ -137,7 +139,7 @@ def register(app: typer.Typer) -> None:
             schedule=schedule, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
             ema_decay=ema_decay, ema_warmup=ema_warmup, grad_accum=grad_accum, grad_clip=grad_clip, p_uncond=p_uncond, precision=precision,
             seed=seed, out_dir=out, ckpt_every=ckpt_every, keep_every=keep_every, sample_every=sample_every,
-            num_workers=num_workers, device=device, compile=compile,
+            num_workers=num_workers, device=device, compile=compile, skip_unreadable=skip_unreadable,
         )
         file = preset_table(preset) if preset is not None else {}
         sample, file_kwargs = file.pop(SAMPLE_TABLE, {}), file.pop("model_kwargs", {})

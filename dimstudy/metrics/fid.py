@@ -344,11 +344,13 @@ def _is_npz(source) -> bool:
     return isinstance(source, (str, Path)) and Path(source).suffix == ".npz"
 
 
-def _image_set(source, n: int | None, what: str, subset_seed: int | None = None) -> tuple[_Uint8Images, str]:
+def _image_set(source, n: int | None, what: str, subset_seed: int | None = None,
+               skip_unreadable: bool = False) -> tuple[_Uint8Images, str]:
     """(uint8 image set, description) from a tensor (N, C, H, W), a folder of images, an ADM batch (.npz with
     arr_0) or a Dataset.
 
-    Takes n images: the first n, or a random n drawn with `subset_seed`; all when n is None.
+    Takes n images: the first n, or a random n drawn with `subset_seed`; all when n is None. A folder's
+    unreadable files stop it with one error naming them, or are left out with a warning (`skip_unreadable`).
     """
     if _is_npz(source):
         source = NpzImages(source)
@@ -356,7 +358,7 @@ def _image_set(source, n: int | None, what: str, subset_seed: int | None = None)
         if not Path(source).is_dir():
             raise ValueError(f"{what}: {source} is not a folder of images, an .npz batch, nor a dataset name "
                              f"({', '.join(sorted(DATASETS))})")
-        source = build_dataset("folder", None, data_dir=source)
+        source = build_dataset("folder", None, data_dir=source, skip_unreadable=skip_unreadable)
     elif torch.is_tensor(source) and source.dim() != 4:
         raise ValueError(f"{what}: expected an image tensor (N, C, H, W), got shape {tuple(source.shape)}")
     first = source[0][0] if isinstance(source[0], (tuple, list)) else source[0]
@@ -380,17 +382,18 @@ def _image_set(source, n: int | None, what: str, subset_seed: int | None = None)
     return _Uint8Images(source, indices), desc
 
 
-def _reference_set(reference, num_reference, resolution, data_dir, train, seed):
+def _reference_set(reference, num_reference, resolution, data_dir, train, seed, skip_unreadable=False):
     """(uint8 image set, description, cache name or None) of a reference given as images or a dataset name.
 
     Only a dataset name is cached on disk (its images are fixed by name, split, resolution, count and seed).
     """
     if isinstance(reference, str) and reference in DATASETS:
-        data = build_dataset(reference, resolution, data_dir=data_dir, train=train)
+        folder = {"skip_unreadable": True} if skip_unreadable and reference == "folder" else {}
+        data = build_dataset(reference, resolution, data_dir=data_dir, train=train, **folder)
         ref_set, desc = _image_set(data, num_reference, "reference", subset_seed=seed)
         desc += f"-n{len(ref_set)}" + (f"-seed{seed}" if len(ref_set) < len(data) else "")
         return ref_set, desc, f"dimstudy-{desc}"  # the cache appends the extractor name and layer
-    ref_set, desc = _image_set(reference, num_reference, "reference")
+    ref_set, desc = _image_set(reference, num_reference, "reference", skip_unreadable=skip_unreadable)
     return ref_set, desc, None
 
 
@@ -454,7 +457,8 @@ def compute_metrics(samples, reference, *, num_samples: int | None = None, num_r
                     extractor: str = "auto", fid_weights: str | Path | None = None, kid: bool = True,
                     prc: bool = False, isc: bool = False, sfid: bool = True, preprocess: str | None = None,
                     cache_dir: str | Path | None = None, device: str | torch.device | None = None,
-                    batch_size: int = 50, seed: int = 0, progress: bool = False, verbose: bool = False) -> dict:
+                    batch_size: int = 50, seed: int = 0, progress: bool = False, verbose: bool = False,
+                    skip_unreadable: bool = False) -> dict:
     """FID (always), sFID, KID, precision/recall and IS of `samples` against `reference`.
 
     samples: image tensor (N, C, H, W) (uint8, or float in [-1, 1]), a folder of images (e.g. saved
@@ -474,8 +478,10 @@ def compute_metrics(samples, reference, *, num_samples: int | None = None, num_r
     and only with an extractor that has logits (inception-v3-compat); otherwise it is skipped with a warning, as
     are metrics a statistics-only reference cannot give (KID, precision/recall; sFID without mu_s/sigma_s).
     `verbose` is accepted for compatibility and ignored; `progress` shows a bar per feature pass.
+    `skip_unreadable`: image folders (samples or reference) leave out the files that cannot be read, with a
+    warning, instead of stopping with an error that names them.
     """
-    sample_set, _ = _image_set(samples, num_samples, "samples")
+    sample_set, _ = _image_set(samples, num_samples, "samples", skip_unreadable=skip_unreadable)
     npz = read_reference_npz(reference) if _is_npz(reference) else None
     if npz is not None and npz.stats and preprocess not in (None, npz.preprocess):
         made = "ADM's evaluator (TF resize)" if "preprocess" not in npz.meta else f"--preprocess {npz.preprocess}"
@@ -492,7 +498,8 @@ def compute_metrics(samples, reference, *, num_samples: int | None = None, num_r
     given = {m: npz.stats[m] for m in frechet if npz is not None and m in npz.stats}  # reference statistics read
     ref_set = ref_desc = cache_name = None
     if npz is None:
-        ref_set, ref_desc, cache_name = _reference_set(reference, num_reference, resolution, data_dir, train, seed)
+        ref_set, ref_desc, cache_name = _reference_set(reference, num_reference, resolution, data_dir, train, seed,
+                                                       skip_unreadable)
     else:
         ref_desc = npz.describe()
         if npz.images is None:  # statistics only: what needs reference features is not possible

@@ -46,6 +46,7 @@ class TrainConfig:
     schedule: str = "vpsde"
     init_from: str | None = None  # torch-saved state dict to start from instead of a fresh init; the EMA
     # starts equal to it (weak-to-strong fine-tune, see dimstudy.resolution). Ignored when resuming.
+    skip_unreadable: bool = False  # dataset "folder": leave out unreadable files (one warning) instead of stopping
     # optimisation
     lr: float = 2e-4
     weight_decay: float = 0.03
@@ -82,6 +83,8 @@ class TrainConfig:
         check_ranges(**{name: getattr(self, name) for name in CHECKED})
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+        if self.skip_unreadable and self.dataset != "folder":
+            raise ValueError(f"--skip-unreadable applies to the folder dataset, not {self.dataset!r}")
 
     def to_dict(self) -> dict:
         """Plain dict (betas as a list), the form stored in checkpoints and result rows."""

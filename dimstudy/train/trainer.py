@@ -178,7 +178,9 @@ def train(
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        ds = build_dataset(cfg.dataset, cfg.resolution, data_dir=cfg.data_dir, train=True, class_labels=cfg.class_cond)
+        folder = {"skip_unreadable": True} if cfg.skip_unreadable else {}  # checked: only with dataset folder
+        ds = build_dataset(cfg.dataset, cfg.resolution, data_dir=cfg.data_dir, train=True, class_labels=cfg.class_cond,
+                           **folder)
         num_classes = ds.num_classes if cfg.class_cond else 0
         model_args = {"name": cfg.model, "kwargs": {"img_size": ds.resolution, "in_chans": ds.channels,
                                                      "num_classes": num_classes, **cfg.model_kwargs}}
