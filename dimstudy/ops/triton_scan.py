@@ -15,12 +15,13 @@ second pass of exps (see _scan_fwd_kernel). Tiles are (n, d): d is the contiguou
 store, and n stays within a lane, so the per-step sums over n need no shuffles. Measurements, sweeps and the
 version history: results/scan-bench/.
 
-The forward saves the state entering every `CK` steps, (b, l / CK, n, d). The backward walks the chunks from
-last to first: it recomputes one chunk's states from its saved entry into a small float32 scratch, then runs
-the adjoint recurrence lambda_t = C_t g_t + a_{t+1} lambda_{t+1} backwards over it and forms every gradient
-from lambda_t, h_t and h_{t-1}. Gradients that sum over channels (B, C) are written per block of channels
-and summed afterwards, those that sum over batch and time (A, D, delta_bias) per batch row: the result is
-deterministic, with no atomics.
+When a backward will follow, the forward saves the state entering every CHUNK (16) steps, (b, l / CHUNK, n, d);
+otherwise it saves nothing. The backward walks the chunks from last to first: it recomputes one chunk's
+states from its saved entry into a small float32 scratch (small enough to stay in L2), then runs the adjoint
+recurrence lambda_t = C_t g_t + a_{t+1} lambda_{t+1} backwards over it and forms every gradient from lambda_t,
+h_t and h_{t-1}. Gradients that sum over channels (B, C) are reduce-scattered across the block's lanes at each
+step (_sum_over_d), written per block of channels and summed afterwards; those that sum over batch and time
+(A, D, delta_bias) are written per batch row: the result is deterministic, with no atomics.
 
 Triton's interpreter (TRITON_INTERPRET=1, set before this module is imported) runs the same kernels on CPU
 tensors; the tests use it.
