@@ -14,10 +14,10 @@ from dimstudy.results import append_row, read_table
 from dimstudy.study.grid import make_variant
 from dimstudy.study.rows import read_runs, write_row
 
-FIDS = {  # drops -> FID per seed; mean ± std: full 11 ± 1, -LFE 12 ± 1, -PT 21 ± 1, -MS 30 (one seed)
+FIDS = {  # drops -> FID per seed 0, 1, 2; mean ± std: full 11 ± 1, -LFE 12 ± 1, -PT 21 ± 1, -MS 30 (one seed)
     (): [10.0, 11.0, 12.0],
-    ("local_conv",): [11.0, 12.0, 13.0],
-    ("padding_tokens",): [20.0, 21.0, 22.0],
+    ("local_conv",): [11.0, 13.0, 12.0],  # minus full's at the same seed: 1, 2, 0 (mean 1, sd 1)
+    ("padding_tokens",): [21.0, 20.0, 22.0],  # 11, 9, 10 (mean 10, sd 1)
     ("multi_scan",): [30.0],
     ("long_skip", "padding_tokens"): [40.0],  # not a row of the paper's
 }
@@ -64,18 +64,19 @@ def test_ablation_table_has_the_papers_layout_and_known_mean_and_std(results):
     assert list(paper[:4]) == [2.92, 3.07, 2.94, 17.60] and math.isnan(paper[4])
     assert [list(t.loc[i, ["MS", "LSC", "PT", "LFE"]]) for i in (0, 2)] == [[True] * 4, [True, True, False, True]]
 
-    # Welch by hand: 3 seeds a side with equal variance 1 give se = sqrt(1/3 + 1/3) and df = 4 exactly;
-    # t(0.975, 4) = 2.776445 (any t table), so the half-width is 2.776445 * sqrt(2/3) = 2.266966.
-    half = 2.776445 * math.sqrt(2 / 3)
+    # paired t by hand: the three seeds both rows have give differences of sd 1, so se = 1 / sqrt(3), df = 2;
+    # t(0.975, 2) = 4.302653 (any t table), so the half-width is 4.302653 / sqrt(3) = 2.484138.
+    half = 4.302653 / math.sqrt(3)
     assert list(t["fid_delta"][1:]) == [1.0, 10.0, 19.0, 29.0] and math.isnan(t["fid_delta"][0])
-    assert t["fid_delta_df"][1] == pytest.approx(4.0) and t["fid_delta_df"][2] == pytest.approx(4.0)
+    assert list(t["delta_test"]) == [None, "paired-t", "paired-t", None, None] and list(t["n_paired"]) == [0, 3, 3, 0, 0]
+    assert t["fid_delta_df"][1] == pytest.approx(2.0) and t["fid_delta_df"][2] == pytest.approx(2.0)
     assert [t["fid_delta_lo"][1], t["fid_delta_hi"][1]] == pytest.approx([1 - half, 1 + half], abs=1e-5)
     assert [t["fid_delta_lo"][2], t["fid_delta_hi"][2]] == pytest.approx([10 - half, 10 + half], abs=1e-5)
     assert list(t["verdict"]) == [None, "not distinguishable", "worse", None, None]  # one seed: no verdict
 
     shown = tables.display(t, "FID (ours, 200 samples)")
     delta = shown["Δ FID vs full (95% CI)"]
-    assert list(delta) == ["", "+1.00 [−1.27, +3.27] not distinguishable", "+10.00 [+7.73, +12.27] worse",
+    assert list(delta) == ["", "+1.00 [−1.48, +3.48] not distinguishable", "+10.00 [+7.52, +12.48] worse",
                            "one seed: cannot be told apart", "one seed: cannot be told apart"]
     assert list(shown.columns[:5]) == ["MS", "LSC", "PT", "LFE", "variant"]
     assert list(shown["FID (ours, 200 samples)"]) == ["11.00 ± 1.00", "12.00 ± 1.00", "21.00 ± 1.00", "30.00", "40.00"]
@@ -138,28 +139,104 @@ def test_fid_noise_from_two_halves_and_the_table_column(results):
 
 
 def _table(fids: dict) -> pd.DataFrame:
+    """Tab. 4 of drops -> FIDs: a list (seeds 0, 1, ...) or {seed: FID}."""
     rows = [{"study": "o", "kind": "grid", "key": f"{make_variant(d).key}/seed{s}", "variant": make_variant(d).label,
              "variant_key": make_variant(d).key, "seed": s, "status": "ok", **make_variant(d).components,
              "scan_patterns": make_variant(d).patterns, "fid": f, "final_loss": 0.1, "params_m": 1.0, "gflops": 1.0}
-            for d, values in fids.items() for s, f in enumerate(values)]
+            for d, values in fids.items() for s, f in (values.items() if isinstance(values, dict) else enumerate(values))]
     return tables.ablation_table(pd.DataFrame(rows))
 
 
 def test_the_ordering_claim_is_computed_from_the_distinguishable_rows():
     full = [10.0, 11.0, 12.0]
     same = _table({(): full, ("long_skip",): [15.0, 16.0, 17.0], ("multi_scan",): [30.0, 31.0, 32.0],
-                   ("padding_tokens",): [10.5, 11.5, 12.5]})
+                   ("padding_tokens",): [11.5, 10.5, 12.5]})  # per seed: +1.5, -0.5, +0.5
     claim = tables.ordering_claim(same)
     assert "Distinguishably worse than full: −MS (+20.0), −LSC (+5.0)." in claim
     assert "Their order by damage, −MS > −LSC, matches the paper's for the same rows (−MS (17.60) > −LSC (6.23))." in claim
     assert "Not distinguishable from full: −PT." in claim and "not settled" not in claim
     swapped = tables.ordering_claim(_table({(): full, ("long_skip",): [30.0, 31.0, 32.0], ("multi_scan",): [15.0, 16.0, 17.0]}))
     assert "Their order by damage, −LSC > −MS, does not match the paper's" in swapped
-    close = tables.ordering_claim(_table({(): full, ("long_skip",): [20.0, 21.0, 22.0], ("multi_scan",): [20.5, 21.5, 22.5]}))
+    # neighbours are compared as the rows are, paired by seed: -MS minus -LSC is +1.5, -0.5, +0.5
+    close = tables.ordering_claim(_table({(): full, ("long_skip",): [20.0, 21.0, 22.0], ("multi_scan",): [21.5, 20.5, 22.5]}))
     assert "matches the paper's" in close and "−MS vs −LSC, so their places are not settled" in close
     one = _table({(): [10.0], ("multi_scan",): [30.0], ("long_skip",): [20.0]})
     assert tables.ordering_claim(one) == "" and "no row can be told apart" in tables.table_note(one)
     assert set(tables.display(one)["Δ FID vs full (95% CI)"][1:]) == {"one seed: cannot be told apart"}
+
+
+def test_paired_interval_equals_the_hand_computed_one():
+    from scipy import stats
+
+    # two seeds: differences 28.1 and 30.1 (mean 29.1, sd sqrt(2)), t(0.975, 1) = 12.706205 (any t table)
+    half = 12.706205 * math.sqrt(2) / math.sqrt(2)
+    assert tables.paired_ci([28.1, 30.1]) == pytest.approx((29.1 - half, 29.1 + half, 1.0), abs=1e-5)
+    assert tables.paired_ci([5.0]) is None and tables.paired_ci([]) is None
+    assert tables.paired_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)  # no spread at all: a zero-width interval
+    # through compare: the seeds pair the values, in whatever order they come
+    d = tables.compare([31.0, 20.0, 25.0], [22.0, 10.0, 14.0], [2, 0, 1], [2, 0, 1])  # differences 9, 10, 11
+    half = stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)
+    assert d.test == "paired-t" and d.n_paired == 3 and d.delta == pytest.approx(10.0)
+    assert d.ci == pytest.approx((10 - half, 10 + half, 2.0))
+    assert tables.compare([20.0, 22.0], [10.0, 12.0]).test == "welch-t"  # seeds not known: never paired
+
+
+def test_a_shared_seed_shift_is_worse_by_the_paired_test_though_welch_cannot_tell():
+    # the seed shifts both rows by 10 per seed; −LSC is 2 ± 0.5 above full at every seed
+    full, lsc = [10.0, 20.0, 30.0], [12.0, 22.5, 31.5]
+    assert tables.verdict(tables.welch_ci(lsc, full)) == "not distinguishable"
+    t = _table({(): full, ("long_skip",): lsc})
+    half = 4.302653 * 0.5 / math.sqrt(3)  # sd of (2, 2.5, 1.5) is 0.5; t(0.975, 2) = 4.302653
+    assert [t["fid_delta_lo"][1], t["fid_delta_hi"][1]] == pytest.approx([2 - half, 2 + half], abs=1e-5)
+    assert t["verdict"][1] == "worse" and t["delta_test"][1] == "paired-t" and t["n_paired"][1] == 3
+    shown = tables.display(t)
+    cell = "+2.00 [+0.76, +3.24] worse"
+    assert list(shown["Δ FID vs full (95% CI)"]) == ["", cell]
+    assert f"| {cell} |" in tables.markdown_table(shown)
+    note = tables.table_note(t)
+    assert "paired t test over seeds: each seed's difference to full trained and sampled with the same seed" in note
+    assert "over the 3 seeds both have" in note and "Welch" not in note and "left out" not in note
+    tex = tables.latex(shown, note)
+    assert "& +2.00 [+0.76, +3.24] worse &" in tex and "paired t test over seeds" in tex
+    assert tables.ordering_claim(t).startswith("Distinguishably worse than full: −LSC (+2.0).")
+
+
+def test_the_plot_names_the_test_its_words_come_from(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from dimstudy.report import plots
+
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    plots.plot_fid(_table({(): [10.0, 20.0, 30.0], ("long_skip",): [12.0, 22.5, 31.5]}), tmp_path / "f.png")
+    ax = closed[0].axes[0]
+    assert "95% paired t CI" in ax.get_title() and "worse" in [x.get_text() for x in ax.texts]
+
+
+def test_unequal_seed_sets_pair_only_the_shared_seeds_and_fall_back_to_welch():
+    from scipy import stats
+
+    full = {0: 10.0, 1: 20.0, 2: 30.0}
+    t = _table({(): full,
+                ("long_skip",): {1: 25.0, 2: 36.0, 3: 99.0},  # shares 1 and 2: differences 5, 6; seed 3 left out
+                ("multi_scan",): {2: 40.0, 3: 44.0},  # shares only 2: Welch over all seeds of each side
+                ("padding_tokens",): {0: 50.0}})  # one seed
+    assert list(t["variant"]) == ["full", "−PT", "−LSC", "−MS"]  # the paper's order
+    assert list(t["delta_test"]) == [None, None, "paired-t", "welch-t"] and list(t["n_paired"]) == [0, 0, 2, 0]
+    half = stats.t.ppf(0.975, 1) * math.sqrt(0.5) / math.sqrt(2)  # sd of (5, 6) is sqrt(0.5)
+    assert t["fid_delta"][2] == pytest.approx(5.5)  # not the difference of the means (53.33 - 20)
+    assert [t["fid_delta_lo"][2], t["fid_delta_hi"][2], t["fid_delta_df"][2]] == pytest.approx([5.5 - half, 5.5 + half, 1.0])
+    welch = tables.welch_ci([40.0, 44.0], [10.0, 20.0, 30.0])
+    assert t["fid_delta"][3] == pytest.approx(22.0)
+    assert (t["fid_delta_lo"][3], t["fid_delta_hi"][3], t["fid_delta_df"][3]) == pytest.approx(welch)
+    shown = tables.display(t)["Δ FID vs full (95% CI)"]  # mixed tests: each cell names its own
+    assert shown[2].endswith("(paired t, 2 seeds)") and shown[3].endswith("(Welch t)")
+    assert shown[1] == "one seed: cannot be told apart"
+    note = tables.table_note(t)
+    assert "paired t test over seeds (rows so marked)" in note and "seeds only one side has are left out" in note
+    assert "Welch's t (rows so marked) where a row shares fewer than two seeds with full" in note
+    assert tables.compare([20.0, 30.0], [10.0, 20.0], [0, 1], [1, 2]).test == "welch-t"  # one shared seed
+    assert tables.compare([20.0, 30.0], [10.0], [0, 1], [0]).ci is None  # one seed on a side: no interval
 
 
 def test_a_table_without_the_full_model_has_no_difference_column(results):
@@ -187,7 +264,9 @@ def test_report_writes_tables_plots_and_says_what_the_numbers_are(results):
     assert "**200 samples**" in text and "250 steps" in text and "preset: smoke" in text and "ran on: cpu" in text
     assert "FID (ours, 200 samples)" in text and "paper FID (Tab. 4)" in text and "paper FID (Tab. 6)" in text
     assert "out of memory" in text  # the failed trial is listed
-    assert "Welch's t" in text and "Distinguishably worse than full: −PT (+10.0)." in text
+    assert "paired t test over seeds" in text and "Distinguishably worse than full: −PT (+10.0)." in text
+    assert list(csv["delta_test"].fillna("")) == ["", "paired-t", "paired-t", "", ""] and list(csv["n_paired"][:3]) == [0, 3, 3]
+    assert csv["fid_seeds"][0] == "0;1;2"
     assert "not distinguishable" in (out / "tab4_ablation.md").read_text()
     assert "not distinguishable" in (out / "tab4_ablation.tex").read_text()
     sizes = pd.read_csv(out / "tab1_sizes.csv")

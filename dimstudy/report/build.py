@@ -152,11 +152,12 @@ def header(df: pd.DataFrame, study: str) -> str:
         "FID from a few hundred samples is biased high and noisy (it falls as the sample count grows), so compare "
         "rows of one table only. The paper's columns are the paper's own numbers: DiM-S/2 on CIFAR-10 after 500K "
         "steps, FID-50K against the training set; they show what the ordering looked like there, not a target "
-        "for these numbers. ± is the standard deviation over seeds. Δ FID is a row's mean minus the full model's, "
+        "for these numbers. ± is the standard deviation over seeds. Δ FID is a row's difference to the full model, "
         f"with the {tables.TEST}: 'worse' or 'better' when the interval excludes 0, 'not distinguishable' when it "
-        "includes 0, and no signed difference at all where a side has one seed. With two or three seeds the "
-        "intervals are wide (the t quantile at 1-4 degrees of freedom is 2.8-12.7): only large, consistent gaps "
-        "are distinguishable, and the ordering claims below use only those rows.",
+        "includes 0, and no signed difference at all where a side has one seed. The seed fixes the data order and "
+        "every noise draw, which all variants share, so pairing by seed removes its common shift; still, with two "
+        "or three seeds the t quantile at 1-4 degrees of freedom is 2.8-12.7: only consistent gaps are "
+        "distinguishable, and the ordering claims below use only those rows.",
     ]
     alarm = ema_alarm(where)
     if alarm:

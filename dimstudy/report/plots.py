@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from dimstudy.report import tables
+
 
 def _plt():
     import matplotlib
@@ -38,14 +40,15 @@ def plot_fid(table: pd.DataFrame, path: str | Path, title: str = "", note: str =
         top = max(max(v) for v in table["fid_values"])
         for i, (said, delta, values) in enumerate(zip(table["verdict"], table["fid_delta"], table["fid_values"], strict=True)):
             said = said if isinstance(said, str) else None
-            word = said or ("one seed: cannot be told apart" if not math.isnan(delta) else f"reference ({ref})")
+            word = said or (tables.ONE_SEED if not math.isnan(delta) else f"reference ({ref})")
             ax.text(i, max(values) + 0.03 * top, word, rotation=90, ha="center", va="bottom", fontsize=7,
                     color="C3" if said in ("worse", "better") else "dimgray")
         ax.set_ylim(top=top * 1.9)
     ax.set_xticks(list(x), labels, rotation=30, ha="right")
     ax.set_ylabel("FID (ours)")
-    ax.set_title("measured: mean ± std over seeds; words: 95% Welch CI of Δ vs the reference" if (table["seeds"] > 1).any()
-                 else "measured (one seed)", fontsize=9)
+    tests = tables.tests_named(table)  # the words come from whichever test each row's interval came from
+    spread = "measured: mean ± std over seeds" if (table["seeds"] > 1).any() else "measured (one seed)"
+    ax.set_title(f"{spread}; words: {tables.LEVEL:.0%} {tests} CI of Δ vs the reference" if tests else spread, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     paper = table[paper_col]
     axp.bar(x, paper.fillna(0), color="C7", alpha=0.6)

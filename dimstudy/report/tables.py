@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -33,21 +34,28 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def seed_stats(rows: pd.DataFrame, value: str, by: str = "variant_key") -> pd.DataFrame:
-    """Per group: mean, std (ddof=1; NaN for one seed), number of seeds, and the seeds' values."""
+    """Per group: mean, std (ddof=1; NaN for one seed), number of seeds, the seeds' values, and which seeds
+    they are (`{value}_seeds`, same order; None per value when the rows have no seed column)."""
     if rows.empty or value not in rows:
-        return pd.DataFrame(columns=[by, f"{value}_mean", f"{value}_std", "seeds", f"{value}_values"])
+        return pd.DataFrame(columns=[by, f"{value}_mean", f"{value}_std", "seeds", f"{value}_values", f"{value}_seeds"])
     if "seed" in rows:
         rows = rows.sort_values("seed", kind="stable")
-    g = rows.groupby(by, sort=False)[value]
+    g = rows.groupby(by, sort=False)
     return pd.DataFrame({
-        f"{value}_mean": g.mean(), f"{value}_std": g.std(ddof=1), "seeds": g.count(),
-        f"{value}_values": g.apply(lambda s: [float(v) for v in s]),
+        f"{value}_mean": g[value].mean(), f"{value}_std": g[value].std(ddof=1), "seeds": g[value].count(),
+        f"{value}_values": g[value].apply(lambda s: [float(v) for v in s]),
+        f"{value}_seeds": g["seed"].apply(list) if "seed" in rows else g[value].apply(lambda v: [None] * len(v)),
     }).reset_index()
 
 
 LEVEL = 0.95  # confidence level of every interval in the tables
-TEST = (f"{LEVEL:.0%} confidence interval of the difference of means over seeds, Welch's t (unequal variances, "
-        "Welch-Satterthwaite degrees of freedom)")
+PAIRED, WELCH = "paired-t", "welch-t"  # the tests a difference can come from, as the CSV's delta_test names them
+TEST_NAMES = {PAIRED: "paired t", WELCH: "Welch t"}  # and as the tables' words and the plot name them
+TEST = (f"{LEVEL:.0%} confidence interval from a paired t test over the seeds a row shares with the reference "
+        "(each seed's difference to the reference trained and sampled with the same seed, t at n−1 degrees of "
+        "freedom for n paired seeds; seeds only one side has are left out), or, where they share fewer than two "
+        "seeds, from Welch's t on the difference of their means (unequal variances, Welch-Satterthwaite degrees "
+        "of freedom)")
 
 
 def welch_ci(values: list[float], reference: list[float], level: float = LEVEL) -> tuple[float, float, float] | None:
@@ -66,6 +74,51 @@ def welch_ci(values: list[float], reference: list[float], level: float = LEVEL) 
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     half = stats.t.ppf(0.5 + level / 2, df) * se
     return delta - half, delta + half, df
+
+
+def paired_ci(differences: list[float], level: float = LEVEL) -> tuple[float, float, float] | None:
+    """(lower, upper, df) of the `level` confidence interval of the mean of per-seed differences (a row's FID
+    minus the reference's at the same seed), paired t test: sd(differences) / sqrt(n), t at n - 1 degrees of
+    freedom; None with fewer than two differences."""
+    from scipy import stats
+
+    d = [float(v) for v in differences]
+    if len(d) < 2:
+        return None
+    mean = sum(d) / len(d)
+    half = stats.t.ppf(0.5 + level / 2, len(d) - 1) * pd.Series(d).std(ddof=1) / math.sqrt(len(d))
+    return mean - half, mean + half, float(len(d) - 1)
+
+
+class Delta(NamedTuple):
+    """A row against a reference: the signed difference, its interval (None: one seed on a side, nothing can be
+    told apart), the test that gave it (PAIRED, WELCH or None) and how many seeds it paired (0 unless paired)."""
+
+    delta: float
+    ci: tuple[float, float, float] | None
+    test: str | None
+    n_paired: int
+
+
+def compare(values: list[float], reference: list[float], seeds: list | None = None,
+            reference_seeds: list | None = None, level: float = LEVEL) -> Delta:
+    """`values` against `reference`, each seed's FID, with the seeds they came from (None: not known, never
+    paired). The seed fixes the data order and every noise draw, which all variants trained with it share, so
+    it shifts their FIDs together: where the two share two seeds or more, the paired test over those seeds
+    removes that shift (seeds only one side has are left out). Otherwise Welch's t over all seeds of each side,
+    and with one seed on a side no interval (the difference of means stays, but the tables do not sign it)."""
+    mine, theirs = _by_seed(values, seeds), _by_seed(reference, reference_seeds)
+    shared = [s for s in mine if s in theirs]
+    if len(shared) >= 2:
+        diffs = [mine[s] - theirs[s] for s in shared]
+        return Delta(sum(diffs) / len(diffs), paired_ci(diffs, level), PAIRED, len(shared))
+    ci = welch_ci(values, reference, level)
+    return Delta(sum(values) / len(values) - sum(reference) / len(reference), ci, WELCH if ci else None, 0)
+
+
+def _by_seed(values: list[float], seeds: list | None) -> dict:
+    """{seed: value} for the values whose seed is known."""
+    return {s: float(v) for s, v in zip(seeds, values, strict=True) if s is not None} if seeds else {}
 
 
 def verdict(ci: tuple[float, float, float] | None) -> str | None:
@@ -89,15 +142,17 @@ def fid_noise(half_a: list[float], half_b: list[float]) -> float:
 
 def _table(rows: pd.DataFrame, order: list[str], paper_col: str, paper_fid, label_fn) -> pd.DataFrame:
     """One line per network (variant_key): labels, component flags, FID mean/std over seeds, the FID difference
-    to the table's reference network (order[0]: the full DiM) and whether their seeds are apart, the paper's FID
-    (paper_fid(key, first_row) -> float or NaN), in `order` first."""
+    to the table's reference network (order[0]: the full DiM) with the test that gave it (`compare`) and whether
+    their seeds are apart, the paper's FID (paper_fid(key, first_row) -> float or NaN), in `order` first."""
     first = rows.drop_duplicates("variant_key").set_index("variant_key")
     stats = seed_stats(rows, "fid").set_index("variant_key")
     loss = seed_stats(rows, "final_loss").set_index("variant_key")
     keys = [k for k in order if k in first.index] + sorted(k for k in first.index if k not in order)
     ref = order[0] if order and order[0] in first.index else None
     others = [k for k in keys if ref is not None and k != ref]
-    cis = {k: welch_ci(stats.loc[k, "fid_values"], stats.loc[ref, "fid_values"]) for k in others}
+    deltas = {k: compare(stats.loc[k, "fid_values"], stats.loc[ref, "fid_values"], stats.loc[k, "fid_seeds"],
+                         stats.loc[ref, "fid_seeds"]) for k in others}
+    cis = {k: d.ci for k, d in deltas.items()}
     halves = {k: ([math.nan], [math.nan]) for k in keys}
     if {"fid_half_a", "fid_half_b"} <= set(rows):
         for k, g in rows.groupby("variant_key"):
@@ -110,10 +165,13 @@ def _table(rows: pd.DataFrame, order: list[str], paper_col: str, paper_fid, labe
         "fid_std": [stats.loc[k, "fid_std"] for k in keys],
         "seeds": [int(stats.loc[k, "seeds"]) for k in keys],
         "fid_values": [stats.loc[k, "fid_values"] for k in keys],
-        "fid_delta": [stats.loc[k, "fid_mean"] - stats.loc[ref, "fid_mean"] if k in others else math.nan for k in keys],
+        "fid_seeds": [stats.loc[k, "fid_seeds"] for k in keys],
+        "fid_delta": [deltas[k].delta if k in others else math.nan for k in keys],
         "fid_delta_lo": [cis[k][0] if cis.get(k) else math.nan for k in keys],
         "fid_delta_hi": [cis[k][1] if cis.get(k) else math.nan for k in keys],
         "fid_delta_df": [cis[k][2] if cis.get(k) else math.nan for k in keys],
+        "delta_test": pd.Series([deltas[k].test if k in others else None for k in keys], dtype=object),
+        "n_paired": [deltas[k].n_paired if k in others else 0 for k in keys],
         "verdict": pd.Series([verdict(cis[k]) if k in others else None for k in keys], dtype=object),
         "fid_noise": [fid_noise(*halves[k]) for k in keys],
         "reference": label_fn(first.loc[ref]) if ref is not None else "",
@@ -214,14 +272,15 @@ def mean_spread(mean: float, std: float, n: int, digits: int = 2) -> str:
 ONE_SEED = "one seed: cannot be told apart"
 
 
-def delta_cell(delta: float, lo: float, hi: float, said: str | None) -> str:
+def delta_cell(delta: float, lo: float, hi: float, said: str | None, test: str = "") -> str:
     """'+21.27 [+8.12, +34.42] worse', '+7.60 [−50.1, +65.3] not distinguishable', 'one seed: cannot be told
-    apart' (no signed difference without an interval), '' (the reference row)."""
+    apart' (no signed difference without an interval), '' (the reference row); `test` ('paired t, 2 seeds'),
+    when given, in brackets after the words."""
     if delta is None or math.isnan(delta):
         return ""
     if said is None:
         return ONE_SEED
-    return f"{delta:+.2f} [{lo:+.2f}, {hi:+.2f}] {said}".replace("-", "−")
+    return f"{delta:+.2f} [{lo:+.2f}, {hi:+.2f}] {said}{f' ({test})' if test else ''}".replace("-", "−")
 
 
 def one_seed_only(table: pd.DataFrame) -> bool:
@@ -229,16 +288,52 @@ def one_seed_only(table: pd.DataFrame) -> bool:
     return "verdict" in table and table["fid_delta"].notna().any() and table["verdict"].isna().all()
 
 
+def _tested(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose difference has an interval (a test gave it)."""
+    return table[table["delta_test"].notna()] if "delta_test" in table else table.iloc[0:0]
+
+
+def delta_test_label(test: str | None, n_paired: int) -> str:
+    """'paired t, 2 seeds', 'Welch t', '' (no test)."""
+    return f"{TEST_NAMES[test]}, {n_paired} seeds" if test == PAIRED else TEST_NAMES.get(test, "")
+
+
+def mixed_tests(table: pd.DataFrame) -> bool:
+    """Whether the rows' intervals come from more than one test, or pair different numbers of seeds: then each
+    difference cell names its own (the note under the table can only say it for all rows at once)."""
+    tested = _tested(table)
+    return len(set(zip(tested["delta_test"], tested["n_paired"], strict=True))) > 1
+
+
+def tests_named(table: pd.DataFrame) -> str:
+    """'paired t', 'Welch t' or 'paired t or Welch t': the tests behind the table's intervals, for the plot."""
+    return " or ".join(TEST_NAMES[t] for t in dict.fromkeys(_tested(table)["delta_test"]))
+
+
 def table_note(table: pd.DataFrame) -> str:
-    """What the difference column means, under the table: the test, or that one seed tells nothing apart."""
+    """What the difference column means, under the table: the tests, or that one seed tells nothing apart."""
     if "fid_delta" not in table or not table["fid_delta"].notna().any():
         return ""
     ref = table["reference"].iloc[0]
     if one_seed_only(table):
         return (f"One seed per row: no row can be told apart from {ref} (a single run shows no seed noise), so no "
                 "signed differences are shown and no order of the damage is compared with the paper's.")
-    note = (f"Δ FID: a row's mean minus {ref}'s, with its {TEST}; a row whose interval includes 0 is not "
-            f"distinguishable from {ref}.")
+    tested, ref_seeds = _tested(table), table["seeds"].iloc[0]
+    paired, welch = tested[tested["delta_test"] == PAIRED], tested[tested["delta_test"] == WELCH]
+    marked = " (rows so marked)" if mixed_tests(table) else ""
+    tests = []
+    if not paired.empty:
+        left_out = ((paired["n_paired"] < paired["seeds"]) | (paired["n_paired"] < ref_seeds)).any()
+        tests.append(f"a paired t test over seeds{marked}: each seed's difference to {ref} trained and sampled with "
+                     "the same seed (the seed fixes the data order and every noise draw, which all rows share, so "
+                     f"it shifts their FIDs together), Δ the mean of those differences over the "
+                     f"{' or '.join(map(str, sorted(set(paired['n_paired']))))} seeds both have, t at n − 1 degrees of freedom for n "
+                     "paired seeds" + ("; seeds only one side has are left out" if left_out else ""))
+    if not welch.empty:
+        tests.append(f"Welch's t{marked} where a row shares fewer than two seeds with {ref}: Δ the row's mean "
+                     f"minus {ref}'s (unequal variances, Welch-Satterthwaite degrees of freedom)")
+    note = (f"Δ FID vs {ref}, with its {LEVEL:.0%} confidence interval from {'; or '.join(tests)}. A row whose "
+            f"interval includes 0 is not distinguishable from {ref}.")
     if table["fid_noise"].notna().any():
         note += (" FID noise: FID's own sampling noise at this sample count, from the FIDs of two disjoint halves "
                  "of each run's samples (RMS over seeds of |a − b| / 2); it is part of the seed spread.")
@@ -262,9 +357,11 @@ def display(table: pd.DataFrame, fid_header: str = "FID (ours)") -> pd.DataFrame
     if "fid_noise" in table and table["fid_noise"].notna().any():
         out["FID noise"] = [f"± {v:.2f}" if not math.isnan(v) else "" for v in table["fid_noise"]]
     if "fid_delta" in table and table["fid_delta"].notna().any():
+        named = mixed_tests(table)
         out[f"Δ FID vs {table['reference'].iloc[0]} ({LEVEL:.0%} CI)"] = [
-            delta_cell(d, lo, hi, v) for d, lo, hi, v in
-            zip(table["fid_delta"], table["fid_delta_lo"], table["fid_delta_hi"], table["verdict"], strict=True)]
+            delta_cell(d, lo, hi, v, delta_test_label(t, n) if named else "") for d, lo, hi, v, t, n in
+            zip(table["fid_delta"], table["fid_delta_lo"], table["fid_delta_hi"], table["verdict"],
+                table["delta_test"], table["n_paired"], strict=True)]
     out["final loss"] = [mean_spread(v, math.nan, 1, 4) for v in table["final_loss_mean"]]
     out["params (M)"] = [f"{v:.3g}" for v in table["params_m"]]
     out[paper_col] = [f"{v:.2f}" if not math.isnan(v) else "—" for v in table[paper_col]]
@@ -310,9 +407,9 @@ def ordering_claim(table: pd.DataFrame) -> str:
     paper_text = " > ".join(f"{v} ({f:.2f})" for v, f in zip(paper["variant"], paper[paper_col], strict=True))
     parts.append(f"Their order by damage, {' > '.join(ours)}, {'matches' if same else 'does not match'} the paper's "
                  f"for the same rows ({paper_text}).")
-    values = dict(zip(table["variant"], table["fid_values"], strict=True))
-    ties = [f"{a} vs {b}" for a, b in zip(ours, ours[1:])
-            if verdict(welch_ci(values[a], values[b])) in ("not distinguishable", None)]
+    values, seeds = (dict(zip(table["variant"], table[c], strict=True)) for c in ("fid_values", "fid_seeds"))
+    ties = [f"{a} vs {b}" for a, b in zip(ours, ours[1:])  # neighbours compared as rows are: paired where they can be
+            if verdict(compare(values[a], values[b], seeds[a], seeds[b]).ci) in ("not distinguishable", None)]
     if ties:
         parts.append(f"Neighbours in that order that are not distinguishable from each other: {'; '.join(ties)}, "
                      "so their places are not settled.")
@@ -358,8 +455,11 @@ def latex(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:
 
 
 def csv_frame(table: pd.DataFrame) -> pd.DataFrame:
-    """The numeric table for CSV: per-seed values joined by ';' so the file stays one line per variant."""
+    """The numeric table for CSV: per-seed values (and their seeds) joined by ';' so the file stays one line per
+    variant."""
     out = table.copy()
     if "fid_values" in out:
         out["fid_values"] = out["fid_values"].map(lambda vs: ";".join(f"{v:.6g}" for v in vs))
+    if "fid_seeds" in out:
+        out["fid_seeds"] = out["fid_seeds"].map(lambda ss: ";".join("" if s is None else str(s) for s in ss))
     return out
