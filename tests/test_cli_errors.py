@@ -77,6 +77,9 @@ def _cases():
          "1 of 1 images under {r}/images cannot be read: broken.png (UnidentifiedImageError)"),
         (["train", *TINY, "--skip-unreadable", "--out", "{r}/new"], "--skip-unreadable applies to the folder dataset, "
                                                                      "not 'digits'"),
+        (["fid", "{r}/images", "--dataset", "digits"], "1 of 1 images under {r}/images cannot be read: broken.png "
+                                                       "(UnidentifiedImageError); remove or replace them, or skip them "
+                                                       "with --skip-unreadable"),
         (["fid", "{r}/images", "--dataset", "digits", "--skip-unreadable"], "1 of 1 images under {r}/images cannot be "
                                                                             "read: broken.png (UnidentifiedImageError); remove or replace them"),
         (["finetune", "--from", "{r}/run", "--scale", "2", "--ema-decay", "1.0"], "--ema-decay must be in [0, 1), got 1.0"),
