@@ -1,7 +1,6 @@
 """`dimstudy train` and `dimstudy sample` through typer's CliRunner."""
 
 import json
-from pathlib import Path
 
 import pytest
 import typer
@@ -11,10 +10,11 @@ from typer.testing import CliRunner
 from dimstudy.cli import fid as fid_cli
 from dimstudy.cli import sample as sample_cli
 from dimstudy.cli import train as train_cli
+from dimstudy.presets import TRAIN_PRESETS
 from dimstudy.train import load_config, read_checkpoint
 from dimstudy.train.config import parse_set
 
-SMOKE = str(Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml")
+SMOKE = str(TRAIN_PRESETS / "smoke.toml")
 FAST = ["--resolution", "8", "--batch-size", "8", "--no-progress"]
 
 

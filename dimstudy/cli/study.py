@@ -1,6 +1,6 @@
 """`dimstudy ablate`, `scan-study`, `sweep`, `worker` and `report`: the paper's ablations and sweeps as studies.
 
-A study preset (experiments/studies/<name>.toml, or any path) fills a StudyConfig; flags override it.
+A study preset (dimstudy/presets/studies/<name>.toml, or any path) fills a StudyConfig; flags override it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import typer
 from dimstudy.cli.common import friendly, split_list
 
 # -- options shared by ablate, scan-study and sweep (each maps to one StudyConfig field) ---------------------
-Preset = Annotated[str | None, typer.Option(help="Study preset: smoke, gpu-small, gpu-photos, paper (experiments/studies/), or a .toml path.")]
+Preset = Annotated[str | None, typer.Option(help="Study preset: smoke, gpu-small, gpu-photos, paper (dimstudy/presets/studies/), or a .toml path.")]
 StudyName = Annotated[str | None, typer.Option("--study", help="Study name (default: the preset's name); results go to RESULTS/NAME/.")]
 Seeds = Annotated[str | None, typer.Option(help="Seeds, comma-separated, e.g. 0,1: every variant runs once per seed.")]
 Results = Annotated[str | None, typer.Option("--results", help="Results root (rows, report, default storage).")]

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from dimstudy.cli.common import friendly, split_list
+from dimstudy.presets import TRAIN_PRESETS
 
 try:
     import tomllib
@@ -16,8 +17,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 
-REPO = Path(__file__).resolve().parents[2]
-TRAIN_PRESET_DIRS = (Path("experiments"), REPO / "experiments")  # TrainConfig files by name, in this order
+# TrainConfig files by name, in this order: a project's own ./experiments first, then the package's
+TRAIN_PRESET_DIRS = (Path("experiments"), TRAIN_PRESETS)
 SAMPLE_TABLE = "sample"  # a preset's [sample] table: how its run is sampled for FID (printed, not trained on)
 
 
@@ -47,7 +48,7 @@ def dry_run(cfg, sample: dict) -> dict:
 
 def preset_table(preset: str) -> dict:
     """A preset's keys. A study preset's name, as `ablate --preset` takes it (smoke, gpu-small, ...): its [train]
-    table, run in runs/NAME. Else a TOML path or a name in experiments/ (a TrainConfig file: imagenet256, ...)."""
+    table, run in runs/NAME. Else a TOML path or a TrainConfig preset's name (dimstudy/presets/: imagenet256, ...)."""
     from dimstudy.study.config import list_presets, resolve_preset
 
     if preset in list_presets():
@@ -65,7 +66,7 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     @friendly
     def train(
-        preset: Annotated[str | None, typer.Option(help="TOML experiment file or a preset name in experiments/ "
+        preset: Annotated[str | None, typer.Option(help="TOML experiment file or a preset name in dimstudy/presets/ "
                                                    "(smoke, imagenet256, imagenet512-ft; keys are TrainConfig fields), "
                                                    "or a study preset's name (gpu-small, ...): its [train] table, run "
                                                    "in runs/NAME.")] = None,
@@ -115,7 +116,7 @@ def register(app: typer.Typer) -> None:
 
         Examples:
 
-          dimstudy train --preset experiments/smoke.toml --steps 50 --out runs/smoke --drop long_skip
+          dimstudy train --preset dimstudy/presets/smoke.toml --steps 50 --out runs/smoke --drop long_skip
 
           dimstudy train --preset imagenet256 --model dim_l_2 --dry-run
         """
