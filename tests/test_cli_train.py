@@ -52,6 +52,17 @@ def test_train_from_the_smoke_preset_writes_latest(smoke_run):
                                    "padding_tokens": True, "local_conv": True}
 
 
+def test_train_without_a_dataset_trains_on_the_offline_digits(runner_app, tmp_path, monkeypatch):
+    """No preset and no --dataset: the bundled digits, so a first run needs no download (CIFAR-10 would fail here)."""
+    runner, app = runner_app
+    monkeypatch.setenv("DIMSTUDY_OFFLINE", "1")
+    monkeypatch.setenv("DIMSTUDY_CACHE", str(tmp_path / "cache"))  # nowhere a CIFAR-10 copy could be found
+    result = runner.invoke(app, ["train", "--model", "dim_tiny_2", "--steps", "1", "--out", str(tmp_path / "r"), *FAST,
+                                 "--ckpt-every", "1", "--sample-every", "0", "--num-workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert read_checkpoint(tmp_path / "r")["config"]["dataset"] == "digits"
+
+
 def test_ema_warmup_flag_beats_the_preset(runner_app, tmp_path):
     runner, app = runner_app
     result = runner.invoke(app, ["train", "--preset", SMOKE, "--steps", "1", "--out", str(tmp_path / "r"), *FAST,

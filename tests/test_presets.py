@@ -68,6 +68,16 @@ def test_imagenet512_ft_is_the_papers_weak_to_strong_setting(dry):
     assert (c["betas"], c["eps"], c["schedule"]) == ([0.99, 0.99], 1e-15, "ddpm_scaled_linear")
 
 
+def test_the_dataset_is_the_flag_then_the_presets_then_the_offline_digits(dry, tmp_path):
+    assert dry()["config"]["dataset"] == "digits"
+    assert dry("--preset", "imagenet256")["config"]["dataset"] == "latents"
+    assert dry("--preset", "paper")["config"]["dataset"] == "cifar10"  # a study preset's [train] table
+    assert dry("--preset", "imagenet256", "--dataset", "photos")["config"]["dataset"] == "photos"
+    assert dry("--set", "dataset=cifar10")["config"]["dataset"] == "cifar10"
+    (tmp_path / "nodata.toml").write_text('model = "dim_tiny_2"\n')
+    assert dry("--preset", str(tmp_path / "nodata.toml"))["config"]["dataset"] == "digits"
+
+
 def test_unknown_preset_names_the_valid_ones(monkeypatch, tmp_path):
     app = typer.Typer()
     train_cli.register(app)

@@ -20,6 +20,9 @@ except ModuleNotFoundError:  # Python 3.10
 # TrainConfig files by name, in this order: a project's own ./experiments first, then the package's
 TRAIN_PRESET_DIRS = (Path("experiments"), TRAIN_PRESETS)
 SAMPLE_TABLE = "sample"  # a preset's [sample] table: how its run is sampled for FID (printed, not trained on)
+# `train`'s dataset when neither a preset nor a flag names one: the bundled digits, so a first run needs no
+# download. TrainConfig's own default stays the paper's cifar10, which studies and saved configs rely on.
+DEFAULT_DATASET = "digits"
 
 
 def dry_run(cfg, sample: dict) -> dict:
@@ -71,7 +74,8 @@ def register(app: typer.Typer) -> None:
                                                    "or a study preset's name (gpu-small, ...): its [train] table, run "
                                                    "in runs/NAME.")] = None,
         model: Annotated[str | None, typer.Option(help="Registered model, e.g. dim_s_2 (see `dimstudy models`).")] = None,
-        dataset: Annotated[str | None, typer.Option(help="digits or photos (both offline), cifar10, folder or latents.")] = None,
+        dataset: Annotated[str | None, typer.Option(help="digits or photos (both offline), cifar10, folder or latents. "
+                                                     f"Default: the preset's, else {DEFAULT_DATASET}.")] = None,
         data_dir: Annotated[str | None, typer.Option(help="Where the dataset lives (folder/latents need it).")] = None,
         skip_unreadable: Annotated[bool | None, typer.Option("--skip-unreadable", help="Dataset folder: leave out "
                                                              "files that cannot be read (one warning) instead of stopping.")] = None,
@@ -109,7 +113,8 @@ def register(app: typer.Typer) -> None:
         dry_run_: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config, the model's size and "
                                                "GMACs and the preset's sampling settings; touch no data, train nothing.")] = False,
     ):
-        """Train a diffusion model; defaults are the paper's CIFAR-10 settings, a preset and flags override them.
+        """Train a diffusion model; defaults are the paper's CIFAR-10 settings (on the offline digits unless a preset
+        or --dataset names other data), a preset and flags override them.
 
         Resuming continues the same run exactly (weights, EMA, AdamW, LR schedule, data order, RNG).
         Multi-GPU: torchrun --nproc_per_node 8 $(which dimstudy) train --preset ... (only rank 0 writes).
@@ -144,7 +149,7 @@ def register(app: typer.Typer) -> None:
         )
         file = preset_table(preset) if preset is not None else {}
         sample, file_kwargs = file.pop(SAMPLE_TABLE, {}), file.pop("model_kwargs", {})
-        cfg = load_config(None, **{**file, **sets, **{k: v for k, v in flags.items() if v is not None}},
+        cfg = load_config(None, **{"dataset": DEFAULT_DATASET, **file, **sets, **{k: v for k, v in flags.items() if v is not None}},
                           model_kwargs={**file_kwargs, **model_kwargs} or None)
         if dry_run_:
             typer.echo(json.dumps(dry_run(cfg, sample), indent=2))
