@@ -1,4 +1,5 @@
-"""The allowed range of every numeric option, in one table, checked before any data, weights or sampling is touched.
+"""The allowed range of every numeric option, in one table, checked before any data, weights or sampling is touched;
+and the one form of an unknown name's error (`check_choice`), for the checks that run before a registry is used.
 
 Commands call `check_ranges(steps=..., batch_size=...)` first thing, and `TrainConfig` checks its fields with it, so
 a TOML preset and a flag are held to the same limits. A value outside its range is one ValueError line that names
@@ -56,6 +57,13 @@ def check_ranges(**values) -> None:
             or (hi is not None and (v >= hi if hi_open else v > hi))
         if bad:
             raise ValueError(f"--{name.replace('_', '-')} must be {_interval(lo, hi, hi_open)}, got {v}")
+
+
+def check_choice(what: str, value, choices) -> None:
+    """ValueError `unknown <what> <value>; valid choices: ...` when `value` is not one of `choices` (a registry's
+    keys, in the registry's order), the form every registry's own error has."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(choices)}")
 
 
 def check_out_dir(path: str | Path, option: str = "--out") -> Path:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dimstudy.checks import check_ranges
+from dimstudy.checks import check_choice, check_ranges
 from dimstudy.cli.common import friendly
 
 PREPROCESS_HELP = ("pytorch-fid (the DiM/U-ViT scripts' resize; for comparisons with the papers) or torch-fidelity "
@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
 
           dimstudy fid samples/samples_50000x256x256x3.npz --ref-npz VIRTUAL_imagenet256_labeled.npz --prc
         """
-        from dimstudy.metrics.fid import compute_metrics, format_metrics
+        from dimstudy.metrics.fid import check_reference, compute_metrics, format_metrics
 
         _check_common(split, preprocess)
         check_ranges(num_samples=num_samples, num_reference=num_reference, resolution=resolution, steps=steps,
@@ -102,7 +102,11 @@ def register(app: typer.Typer) -> None:
         if samples is not None and not samples.is_dir() and not (samples.suffix == ".npz" and samples.is_file()):
             raise FileNotFoundError(f"samples: {samples} is neither a folder of images nor an .npz file")
         reference = ref_npz if ref_npz is not None else dataset
+        check_reference(reference)
         if ckpt is not None:
+            from dimstudy.diffusion.samplers import SAMPLERS
+
+            check_choice("sampler", sampler, SAMPLERS)  # before the checkpoint is read
             samples = _sample_checkpoint(ckpt, num_samples or 1000, sampler, steps, seed, batch_size, device, progress)
         r = compute_metrics(samples, reference, num_samples=num_samples, num_reference=num_reference,
                             resolution=resolution, data_dir=data_dir, train=split == "train", fid_weights=fid_weights,

@@ -27,19 +27,15 @@ DEFAULT_DATASET = "digits"
 
 def dry_run(cfg, sample: dict) -> dict:
     """What `train` would run, without data: the resolved config, the network's size and GMACs (built on the meta
-    device, so DiM-H/2 costs nothing), and the preset's sampling settings.
-
-    The network's input is what the dataset would give: for `latents`, resolution / 8 with 4 channels (the SD
-    VAE that `dimstudy encode` uses), else resolution with 3; model_kwargs override both, and num_classes.
+    device, so DiM-H/2 costs nothing, with the input the dataset would give: standin_model_kwargs), and the
+    preset's sampling settings.
     """
     import torch
 
     from dimstudy.flops import build_on_meta, count_flops, count_params
+    from dimstudy.train.config import standin_model_kwargs
 
-    latent = cfg.dataset == "latents"
-    kwargs = {"img_size": cfg.resolution // 8 if latent else cfg.resolution, "in_chans": 4 if latent else 3,
-              "num_classes": 1000 if cfg.class_cond else 0,  # a stand-in: training reads the count from the data
-              **cfg.model_kwargs}
+    kwargs = standin_model_kwargs(cfg)
     model = build_on_meta(cfg.model, **kwargs)
     x = torch.zeros(1, model.in_chans, model.img_size, model.img_size, device="meta")
     y = torch.zeros(1, dtype=torch.long, device="meta") if model.num_classes else None

@@ -102,6 +102,16 @@ class TrainConfig:
         return cls(**merged)
 
 
+def standin_model_kwargs(cfg: TrainConfig) -> dict:
+    """create_model's keywords for `cfg`, with the input the dataset would give, known without loading it: for
+    `latents`, resolution / 8 with 4 channels (the SD VAE that `dimstudy encode` uses), else resolution with 3;
+    model_kwargs override both, and num_classes."""
+    latent = cfg.dataset == "latents"
+    return {"img_size": cfg.resolution // 8 if latent else cfg.resolution, "in_chans": 4 if latent else 3,
+            "num_classes": 1000 if cfg.class_cond else 0,  # a stand-in: training reads the count from the data
+            **cfg.model_kwargs}
+
+
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
