@@ -11,6 +11,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+# The values of the named options whose registry needs no torch: the CLI offers them as choices (typer lists them
+# in --help and refuses others before a command runs) and the configs check against the same tuples. Registries
+# that need torch (models, datasets, samplers, schedules, scan backends) are checked by name with check_choice
+# before they are used, their error listing the registry, so that --help stays free of torch.
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 autocast on CUDA, fp32 on CPU
+SPLITS = ("train", "test")  # a dataset's part: FID references use the training split, as the papers do
+PREPROCESS = ("pytorch-fid", "torch-fidelity")  # how FID resizes images for Inception (dimstudy.metrics.fid)
+
 # option -> (lowest, highest, whether the highest itself is excluded); None: no bound on that side
 RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     # sizes and counts

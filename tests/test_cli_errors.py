@@ -1,6 +1,7 @@
 """What a new user gets wrong, through the whole `dimstudy` CLI: each case exits 2 with one `error:` line, no
 traceback, and leaves the files it was given as they were (issue 16)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -184,6 +185,28 @@ def test_help_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_choices_are_listed_and_refused_from_their_one_table_without_torch():
+    """--precision, --split and --preprocess are choices built from dimstudy.checks' tables (--drop's help from
+    COMPONENTS): --help lists them, and a value outside them is one error line before the command runs."""
+    from dimstudy.checks import PRECISIONS, PREPROCESS, SPLITS
+    from dimstudy.models.components import COMPONENTS
+
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom dimstudy.cli import app\n"
+            "for args in (['train', '--precision', 'fp9'], ['fid', 'x', '--split', 'val'],\n"
+            "             ['fid-stats', 'x', '--out', 'x.npz', '--preprocess', 'tf'], ['ablate', '--precision', 'fp9']):\n"
+            "    r = CliRunner().invoke(app, args)\n"
+            "    print(r.exit_code, r.stderr.count(chr(10)), r.stderr.strip())\n"
+            "print(' '.join(CliRunner().invoke(app, ['train', '--help']).output.split()))\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "COLUMNS": "400"}).stdout.splitlines()
+    assert out[-1] == "False"
+    for line, option, choices in zip(out, ("--precision", "--split", "--preprocess", "--precision"),
+                                     (PRECISIONS, SPLITS, PREPROCESS, PRECISIONS)):
+        assert line.startswith(f"2 1 error: Invalid value for '{option}'") and all(repr(c) in line for c in choices), line
+    assert f"<{'|'.join(PRECISIONS)}>" in out[-2] and ", ".join(COMPONENTS) in out[-2]
 
 
 def test_one_line_is_the_first_non_blank_line_named_by_its_class_or_not():

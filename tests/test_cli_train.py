@@ -99,7 +99,7 @@ def test_sample_writes_pngs_and_a_grid(runner_app, smoke_run, tmp_path):
         (["train", "--model", "dim_nope"], "unknown model 'dim_nope'; valid choices: "),
         (["train", "--drop", "long_skp"], "unknown component 'long_skp'; valid choices: multi_scan, long_skip"),
         (["train", "--set", "lrr=1"], "unknown config key 'lrr'; valid keys: model, "),
-        (["train", "--precision", "fp8"], "unknown precision 'fp8'; valid choices: auto, bf16, fp16, fp32"),
+        (["train", "--set", "precision=fp8"], "unknown precision 'fp8'; valid choices: auto, bf16, fp16, fp32"),
         (["sample", "--ckpt", "no/such/ckpt.pt"], "no checkpoint at no/such/ckpt.pt"),
     ],
 )

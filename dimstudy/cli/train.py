@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
+from dimstudy.checks import PRECISIONS
 from dimstudy.cli.common import friendly, split_list
+from dimstudy.models.components import COMPONENTS
 from dimstudy.presets import TRAIN_PRESETS
 
 try:
@@ -88,11 +90,12 @@ def register(app: typer.Typer) -> None:
         grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimiser step.")] = None,
         grad_clip: Annotated[float | None, typer.Option(help="Max gradient norm; 0 = off.")] = None,
         p_uncond: Annotated[float | None, typer.Option(help="Label dropout for CFG (class-conditional runs).")] = None,
-        precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")] = None,
+        precision: Annotated[Literal[PRECISIONS] | None, typer.Option(help="Mixed precision (auto: bf16 on CUDA, "
+                                                                      "fp32 on the CPU).")] = None,
         seed: Annotated[int | None, typer.Option(help="Seed of init, data order and noise.")] = None,
         out: Annotated[str | None, typer.Option(help="Run directory: checkpoints, loss log, config, samples.")] = None,
         drop: Annotated[list[str] | None, typer.Option(help="DiM component to switch off (repeat or comma-list): "
-                                                        "multi_scan, long_skip, padding_tokens, local_conv.")] = None,
+                                                        f"{', '.join(COMPONENTS)}.")] = None,
         scan_patterns: Annotated[str | None, typer.Option(help="DiM scan patterns cycled per block, e.g. 1234.")] = None,
         scan_backend: Annotated[str | None, typer.Option(help="Selective-scan kernel: auto, triton, cuda, torch or ref.")] = None,
         ckpt_every: Annotated[int | None, typer.Option(help="Steps between latest.pt writes.")] = None,

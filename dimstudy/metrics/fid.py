@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from dimstudy.checks import PREPROCESS
 from dimstudy.data.datasets import DATASETS, build_dataset, cache_root, float_to_uint8, offline
 from dimstudy.metrics.reference import NpzImages, read_reference_npz
 
@@ -109,7 +110,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
-PREPROCESS = ("pytorch-fid", "torch-fidelity")
 
 
 def preprocess_images(x: torch.Tensor, preprocess: str = "pytorch-fid") -> torch.Tensor:

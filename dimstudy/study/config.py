@@ -33,7 +33,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 import tomli_w
 
-from dimstudy.checks import check_ranges
+from dimstudy.checks import SPLITS, check_ranges
 from dimstudy.presets import STUDY_PRESETS
 from dimstudy.train.config import RESUME_MAY_CHANGE, TrainConfig
 
@@ -64,8 +64,8 @@ class EvalConfig:
 
     def __post_init__(self):
         check_types(self)
-        if self.reference_split not in ("train", "test"):
-            raise ValueError(f"eval.reference_split must be 'train' or 'test', got {self.reference_split!r}")
+        if self.reference_split not in SPLITS:
+            raise ValueError(f"eval.reference_split must be {' or '.join(map(repr, SPLITS))}, got {self.reference_split!r}")
         check_ranges(num_samples=self.num_samples, steps=self.steps, batch_size=self.batch_size,
                      fid_batch_size=self.fid_batch_size)
 

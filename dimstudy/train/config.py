@@ -21,9 +21,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 import tomli_w
 
-from dimstudy.checks import check_ranges
+from dimstudy.checks import PRECISIONS, check_choice, check_ranges
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # Fields a resumed run may change; any other difference from the checkpoint's config is refused.
 RESUME_MAY_CHANGE = frozenset(
     {"steps", "out_dir", "data_dir", "device", "ckpt_every", "keep_every", "log_every", "sample_every",
@@ -78,8 +77,7 @@ class TrainConfig:
         _coerce_fields(self)
         if self.p_uncond is None:
             self.p_uncond = 0.1 if self.class_cond else 0.0
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; valid choices: {', '.join(PRECISIONS)}")
+        check_choice("precision", self.precision, PRECISIONS)
         check_ranges(**{name: getattr(self, name) for name in CHECKED})
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
