@@ -109,14 +109,15 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(files, args, messag
 
 def _untouchable(monkeypatch):
     """Reading data, a checkpoint or an image for FID fails the test: a bad input must stop the command first."""
-    import dimstudy.data
     import dimstudy.metrics.fid
     import dimstudy.train
+    import dimstudy.train.trainer
 
     def touched(*args, **kwargs):
         raise AssertionError("data or weights touched before the input was checked")
 
-    monkeypatch.setattr(dimstudy.data, "build_dataset", touched)
+    for module in (dimstudy.train.trainer, dimstudy.metrics.fid):  # each has build_dataset as its own name
+        monkeypatch.setattr(module, "build_dataset", touched)
     monkeypatch.setattr(dimstudy.train, "load_checkpoint", touched)
     monkeypatch.setattr(dimstudy.metrics.fid, "_image_set", touched)
 

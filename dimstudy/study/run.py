@@ -14,11 +14,16 @@ from collections.abc import Callable
 import torch
 
 from dimstudy.checks import check_choice
+from dimstudy.diffusion.samplers import SAMPLERS
+from dimstudy.models.registry import get_entry
 from dimstudy.study import runner
 from dimstudy.study.cells import cell_train_config, cells, check_rows_match
 from dimstudy.study.config import StudyConfig, save_study_config
 from dimstudy.study.grid import Variant
+from dimstudy.study.sweep import check_space, make_pruner, make_sampler
 from dimstudy.study.trial import ensure_reference, run_trial
+from dimstudy.train.ema import ema_warning
+from dimstudy.train.trainer import check_config
 
 Log = Callable[[str], None]
 
@@ -27,9 +32,7 @@ def check_inputs(cfg: StudyConfig, variants: list[Variant]) -> None:
     """Every name the trials will use, checked before anything is enqueued or written (a bad one would otherwise
     stop each trial after its training): each variant's TrainConfig (dataset, schedule, the model and its flags;
     a sweep: the base one), the sampler, the FID extractor and the reference."""
-    from dimstudy.diffusion.samplers import SAMPLERS
     from dimstudy.metrics.fid import EXTRACTORS, check_reference
-    from dimstudy.train.trainer import check_config
 
     for model_kwargs in [v.model_kwargs for v in variants] or [{}]:
         check_config(cell_train_config(cfg, model_kwargs, cfg.seeds[0], ""))
@@ -40,8 +43,6 @@ def check_inputs(cfg: StudyConfig, variants: list[Variant]) -> None:
 
 
 def check_grid_model(cfg: StudyConfig) -> None:
-    from dimstudy.models.registry import get_entry
-
     family = get_entry(cfg.train.model).family
     if family != "dim":
         raise ValueError(f"ablations switch DiM's designs, but {cfg.train.model!r} is a {family} model; "
@@ -51,8 +52,6 @@ def check_grid_model(cfg: StudyConfig) -> None:
 def check_ema(cfg: StudyConfig, log: Log) -> None:
     """Say once, before any trial trains, when the preset's EMA would still be mostly the initial weights at
     the end of training (every trial would then sample noise); the trainer repeats it in each run."""
-    from dimstudy.train.ema import ema_warning
-
     if msg := ema_warning(cfg.train):
         log(f"warning: {msg} (study flag --ema-warmup)")
 
@@ -83,8 +82,6 @@ def run_grid(cfg: StudyConfig, variants: list[Variant], *, log: Log = print, tri
 def run_sweep(cfg: StudyConfig, *, log: Log = print, trial_fn=run_trial) -> dict:
     """Sample cfg.sweep.n_trials settings (workers share the count), prune on the reported values. Returns
     {"study", "counts"}."""
-    from dimstudy.study.sweep import check_space, make_pruner, make_sampler
-
     check_space(cfg.sweep.space)
     check_inputs(cfg, [])
     check_ema(cfg, log)

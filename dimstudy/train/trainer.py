@@ -32,8 +32,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from dimstudy.checks import check_choice
+from dimstudy.data import build_dataset, list_datasets
+from dimstudy.diffusion import build_schedule, drop_labels
 from dimstudy.diffusion.sampling import draw_samples, save_grid
+from dimstudy.diffusion.schedules import SCHEDULES
+from dimstudy.flops import build_on_meta
 from dimstudy.ops.mixers import kernels_that_ran
+from dimstudy.results import append_row, environment
 from dimstudy.runtime import resolve_device
 from dimstudy.train.checkpoint import (
     LATEST,
@@ -139,10 +144,6 @@ def check_config(cfg: TrainConfig) -> None:
     a run before a dataset is cut, read or downloaded: the dataset and schedule names, and the model, built on
     the meta device (no storage) with the input the dataset would give. Studies check each variant with it
     before they enqueue anything."""
-    from dimstudy.data import list_datasets
-    from dimstudy.diffusion.schedules import SCHEDULES
-    from dimstudy.flops import build_on_meta
-
     check_choice("dataset", cfg.dataset, list_datasets())
     check_choice("schedule", cfg.schedule, SCHEDULES)
     build_on_meta(cfg.model, **standin_model_kwargs(cfg))  # unknown model, component flag, scan pattern, ...
@@ -161,10 +162,6 @@ def train(
     on_step(row): called on every rank after each step with {"step", "loss", "lr"} (e.g. sweeps' pruning).
     Under torchrun each rank runs this; only rank 0 writes files.
     """
-    from dimstudy.data import build_dataset
-    from dimstudy.diffusion import build_schedule, drop_labels
-    from dimstudy.results import append_row, environment
-
     check_config(cfg)  # a bad name or model setting fails here, before any data is loaded
     schedule = build_schedule(cfg.schedule)
     t_start = time.perf_counter()
