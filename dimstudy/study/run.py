@@ -32,6 +32,7 @@ def check_inputs(cfg: StudyConfig, variants: list[Variant]) -> None:
     """Every name the trials will use, checked before anything is enqueued or written (a bad one would otherwise
     stop each trial after its training): each variant's TrainConfig (dataset, schedule, the model and its flags;
     a sweep: the base one), the sampler, the FID extractor and the reference."""
+    # here, not at the top: it loads torch-fidelity
     from dimstudy.metrics.fid import EXTRACTORS, check_reference
 
     for model_kwargs in [v.model_kwargs for v in variants] or [{}]:

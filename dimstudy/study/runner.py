@@ -43,6 +43,7 @@ from dimstudy.runtime import one_line
 from dimstudy.study import optuna_adapter
 from dimstudy.study.config import StudyConfig, identity, identity_diff
 from dimstudy.study.grid import Variant
+from dimstudy.study.sweep import make_pruner, make_sampler
 
 CONFIG_ATTR = "dimstudy_config"  # study user attr: the StudyConfig as a dict, so `worker --study` needs nothing else
 OWNER_ATTR = "dimstudy_worker"  # trial system attr: {"host", "pid", "worker"} of the worker running it
@@ -118,7 +119,6 @@ def attach(name: str, storage: str | None = None, results_dir: str = "results", 
     if device:
         saved["train"] = {**saved["train"], "device": device}
     cfg = StudyConfig.from_dict({**saved, **{k: v for k, v in overrides.items() if v is not None}})
-    from dimstudy.study.sweep import make_pruner, make_sampler
 
     study = optuna.load_study(study_name=name, storage=_storage(cfg), sampler=make_sampler(cfg.sweep),
                               pruner=make_pruner(cfg.sweep))

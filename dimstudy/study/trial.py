@@ -296,7 +296,7 @@ def ensure_reference(cfg: StudyConfig, tcfg: TrainConfig | None = None, log: Log
     cache. A file lock makes other workers wait for the first, and a marker beside the cache lets later
     processes skip even the handful (if the cache is deleted, the next FID simply recomputes it).
     """
-    from dimstudy.metrics import compute_metrics
+    from dimstudy.metrics import compute_metrics  # here, not at the top: it loads torch-fidelity
 
     tcfg = tcfg or cfg.train
     ref = reference_args(cfg, tcfg)
@@ -357,7 +357,7 @@ def evaluate(cfg: StudyConfig, tcfg: TrainConfig, run_dir: Path, n: int, seed: i
              progress: bool = False) -> tuple[dict, dict]:
     """(metrics, info) for the EMA weights in run_dir: n samples with cfg.eval's sampler, FID against the reference
     (progress: a bar over the sampling)."""
-    from dimstudy.metrics import compute_metrics
+    from dimstudy.metrics import compute_metrics  # here, not at the top: it loads torch-fidelity
 
     e = cfg.eval
     device = _eval_device(tcfg)
