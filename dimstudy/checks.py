@@ -1,4 +1,5 @@
-"""The allowed range of every numeric option, in one table, checked before any data, weights or sampling is touched.
+"""The allowed range of every numeric option, in one table, checked before any data, weights or sampling is touched;
+and the one form of an unknown name's error (`check_choice`), for the checks that run before a registry is used.
 
 Commands call `check_ranges(steps=..., batch_size=...)` first thing, and `TrainConfig` checks its fields with it, so
 a TOML preset and a flag are held to the same limits. A value outside its range is one ValueError line that names
@@ -9,6 +10,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+
+# The values of the named options whose registry needs no torch: the CLI offers them as choices (typer lists them
+# in --help and refuses others before a command runs) and the configs check against the same tuples. Registries
+# that need torch (models, datasets, samplers, schedules, scan backends) are checked by name with check_choice
+# before they are used, their error listing the registry, so that --help stays free of torch.
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 autocast on CUDA, fp32 on CPU
+SPLITS = ("train", "test")  # a dataset's part: FID references use the training split, as the papers do
+PREPROCESS = ("pytorch-fid", "torch-fidelity")  # how FID resizes images for Inception (dimstudy.metrics.fid)
 
 # option -> (lowest, highest, whether the highest itself is excluded); None: no bound on that side
 RANGES: dict[str, tuple[float | None, float | None, bool]] = {
@@ -56,6 +65,13 @@ def check_ranges(**values) -> None:
             or (hi is not None and (v >= hi if hi_open else v > hi))
         if bad:
             raise ValueError(f"--{name.replace('_', '-')} must be {_interval(lo, hi, hi_open)}, got {v}")
+
+
+def check_choice(what: str, value, choices) -> None:
+    """ValueError `unknown <what> <value>; valid choices: ...` when `value` is not one of `choices` (a registry's
+    keys, in the registry's order), the form every registry's own error has."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(choices)}")
 
 
 def check_out_dir(path: str | Path, option: str = "--out") -> Path:

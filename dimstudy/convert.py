@@ -40,6 +40,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from dimstudy.flops import build_on_meta
+from dimstudy.models.registry import list_models
+from dimstudy.results import environment
+from dimstudy.train.checkpoint import load_checkpoint, load_file, save_checkpoint
+from dimstudy.train.config import TrainConfig
+
 FORMATS = ("dim-public", "dimstudy")
 PUBLIC_EMA_FILE, PUBLIC_RAW_FILE = "nnet_ema.pth", "nnet.pth"
 FUSED_SKIP_MAX_DIM = 512  # the public code fuses a long skip with one Linear(2d, d) up to this width
@@ -129,7 +135,6 @@ def read_public_state_dict(path: str | Path, ema: bool = True) -> tuple[dict, Pa
         path = path / (PUBLIC_EMA_FILE if ema else PUBLIC_RAW_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"no public DiM checkpoint at {path} (expected {PUBLIC_EMA_FILE} or {PUBLIC_RAW_FILE})")
-    from dimstudy.train.checkpoint import load_file
 
     sd = load_file(path)
     if isinstance(sd, dict) and isinstance(sd.get("module"), dict):  # DeepSpeed model states
@@ -219,9 +224,6 @@ def dimstudy_to_public(sd: dict, model: nn.Module, public_classes: int | None = 
 # -- files ----------------------------------------------------------------------------------------------------
 def infer_preset(sd: dict) -> str:
     """The registered DiM preset with a public state dict's width and depth (dim_s_2, dim_l_2, dim_h_2)."""
-    from dimstudy.flops import build_on_meta
-    from dimstudy.models.registry import list_models
-
     dim = public_model_kwargs(sd)["dim"]
     depth = 1 + max((int(k.split(".")[1]) for k in sd if k.startswith("transformer_blocks.")), default=-1)
     for name in list_models("dim_*"):
@@ -242,9 +244,6 @@ def public_checkpoint(path: str | Path, model: str | None = None, *, ema: bool =
     `create_model(model, img_size, in_chans from the file, pad_layout, **model_kwargs)`. pad_layout=None takes
     the public config's: cyclic for a 64x64 latent (the 512 px fine-tune's rho_pad), else lateral.
     """
-    from dimstudy.flops import build_on_meta
-    from dimstudy.train.config import TrainConfig
-
     path = Path(path).expanduser()
     sd, src = read_public_state_dict(path, ema)
     raw_file = path / PUBLIC_RAW_FILE if path.is_dir() else None
@@ -275,9 +274,6 @@ def public_checkpoint(path: str | Path, model: str | None = None, *, ema: bool =
 
 def import_public(path: str | Path, model: str | None, out: str | Path, **kwargs) -> dict:
     """Write `public_checkpoint(path, model, **kwargs)` as a dimstudy checkpoint file; returns a summary."""
-    from dimstudy.results import environment
-    from dimstudy.train.checkpoint import save_checkpoint
-
     state = public_checkpoint(path, model, **kwargs)
     state["environment"] = json.loads(json.dumps(environment(torch.device("cpu"))))  # plain types: weights_only loads
     state["converted_from"]["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -290,8 +286,6 @@ def import_public(path: str | Path, model: str | None, out: str | Path, **kwargs
 
 def export_public(ckpt: str | Path, out: str | Path, *, ema: bool = True, public_classes: int | None = None) -> dict:
     """Write a dimstudy checkpoint's weights (EMA by default) as a public DiM state dict (`nnet_ema.pth`)."""
-    from dimstudy.train.checkpoint import load_checkpoint
-
     model, _ = load_checkpoint(ckpt, ema=ema)
     sd = dimstudy_to_public(model.state_dict(), model, public_classes)
     out = Path(out)
@@ -307,7 +301,6 @@ def is_public_checkpoint(path: str | Path) -> bool:
         return not (path / "latest.pt").exists() and any((path / f).is_file() for f in (PUBLIC_EMA_FILE, PUBLIC_RAW_FILE))
     if not path.is_file():
         return False
-    from dimstudy.train.checkpoint import load_file
 
     return is_public_state_dict(load_file(path))  # memory-mapped: no tensor is read
 

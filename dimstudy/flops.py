@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from dimstudy.models.registry import create_model, get_entry
 from dimstudy.ops.attention import Attention
 from dimstudy.ops.mixers import is_mixer
 
@@ -105,16 +106,12 @@ def count_params(model: nn.Module) -> int:
 
 def build_on_meta(name: str, **overrides) -> nn.Module:
     """A registered model with no storage: for counting parameters and FLOPs of any size instantly."""
-    from dimstudy.models.registry import create_model
-
     with torch.device("meta"):
         return create_model(name, **overrides)
 
 
 def summarize(name: str, resolution: int | None = None, **overrides) -> dict:
     """One row of `dimstudy models`: shape, params, GMACs at batch 1 (paper Tab. 1 convention), tokens."""
-    from dimstudy.models.registry import get_entry
-
     def gmacs(model):
         x = torch.randn(1, model.in_chans, res, res, device="meta")
         y = torch.zeros(1, dtype=torch.long, device="meta") if model.num_classes else None

@@ -24,7 +24,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from dimstudy.data import float_to_uint8
+from dimstudy.diffusion import build_schedule
+from dimstudy.diffusion.sampling import draw_samples, save_grid
 from dimstudy.models.layers import resize_pos_embed
+from dimstudy.ops.mixers import kernels_that_ran
+from dimstudy.results import DEFAULT_ROOT, append_row, environment
+from dimstudy.runtime import resolve_device
+from dimstudy.train import load_checkpoint, save_checkpoint, train
 from dimstudy.train.checkpoint import build_model, checkpoint_path, fit_model_args, read_checkpoint
 from dimstudy.train.config import TrainConfig
 
@@ -176,8 +183,6 @@ def finetune(
     OUT/finetune.json (source, step, resolutions). `overrides` are TrainConfig fields (steps, batch_size, lr,
     warmup_steps, model_kwargs, ...). An existing OUT/latest.pt is resumed unless resume=False, as in `train`.
     """
-    from dimstudy.train import save_checkpoint, train
-
     net, source_cfg, info = load_at_resolution(source, resolution, scale, ema=ema, model=overrides.get("model"),
                                                model_kwargs=overrides.get("model_kwargs"))
     cfg = finetune_config(source_cfg, info["resolution"], out_dir, **overrides)
@@ -196,8 +201,6 @@ def side_by_side(panels: dict[str, torch.Tensor], path: str | Path, per_panel: i
     `per_panel` of each, nearest-upscaled by a whole factor so a panel is at least `min_width` wide."""
     from PIL import Image, ImageDraw
     from torchvision.utils import make_grid
-
-    from dimstudy.data import float_to_uint8
 
     grids = []
     for x in panels.values():
@@ -252,13 +255,7 @@ def resolution_study(
     (a few minutes with dim_tiny_2 at 16 -> 32 px); FID from 32 images is only good for comparing the
     rows of one study, so raise n, num_reference and finetune_steps on a GPU.
     """
-    from dimstudy.diffusion import build_schedule
-    from dimstudy.diffusion.sampling import draw_samples, save_grid
-    from dimstudy.metrics import compute_metrics
-    from dimstudy.ops.mixers import kernels_that_ran
-    from dimstudy.results import DEFAULT_ROOT, append_row, environment
-    from dimstudy.runtime import resolve_device
-    from dimstudy.train import load_checkpoint
+    from dimstudy.metrics import compute_metrics  # here, not at the top: it loads torch-fidelity
 
     dev = resolve_device(device)
     out, root = Path(out_dir), Path(results_dir or DEFAULT_ROOT)

@@ -1,6 +1,7 @@
 """What a new user gets wrong, through the whole `dimstudy` CLI: each case exits 2 with one `error:` line, no
 traceback, and leaves the files it was given as they were (issue 16)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,62 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(files, args, messag
     assert _snapshot(files) == before  # no file written, none changed
 
 
+def _untouchable(monkeypatch):
+    """Reading data, a checkpoint or an image for FID fails the test: a bad input must stop the command first."""
+    import dimstudy.metrics.fid
+    import dimstudy.train
+    import dimstudy.train.trainer
+
+    def touched(*args, **kwargs):
+        raise AssertionError("data or weights touched before the input was checked")
+
+    for module in (dimstudy.train.trainer, dimstudy.metrics.fid):  # each has build_dataset as its own name
+        monkeypatch.setattr(module, "build_dataset", touched)
+    monkeypatch.setattr(dimstudy.train, "load_checkpoint", touched)
+    monkeypatch.setattr(dimstudy.metrics.fid, "_image_set", touched)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", *TINY, "--scan-patterns", "19", "--out", "{r}/new"], "unknown scan pattern '9'; valid patterns: 1=row,"),
+    (["train", *TINY, "--set", "model_kwargs.depht=3", "--out", "{r}/new"],
+     "unknown setting for dim_tiny_2: DiM.__init__() got an unexpected keyword argument 'depht'"),
+    (["train", *TINY, "--scan-backend", "nope", "--out", "{r}/new"], "unknown scan backend 'nope'; valid choices: "),
+    (["train", *TINY, "--steps", "abc", "--out", "{r}/new"], "Invalid value for '--steps': "),
+    (["train", *TINY, "--no-such-flag"], "No such option: --no-such-flag"),
+    (["sample", "--ckpt", "{r}/run", "--sampler", "nope"], "unknown sampler 'nope'; valid choices: euler_maruyama, "),
+    (["fid", "--ckpt", "{r}/run", "--sampler", "nope", "--dataset", "digits"], "unknown sampler 'nope'; valid choices: "),
+    (["fid", "{r}/one", "--dataset", "nope"], "unknown dataset 'nope'; valid choices: cifar10, digits, folder, latents, "
+                                              "photos (or a folder of images, or an .npz file)"),
+])
+def test_bad_input_is_reported_before_data_or_weights_are_touched(files, monkeypatch, args, message):
+    _untouchable(monkeypatch)
+    before = _snapshot(files)
+    result = CliRunner().invoke(app, [a.format(r=files) for a in args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: " + message.format(r=files)), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert _snapshot(files) == before and not (files / "new").exists()
+
+
+@pytest.mark.parametrize("command, setting, message", [
+    ("ablate", "eval.sampler=nope", "unknown sampler 'nope'; valid choices: "),
+    ("ablate", "train.dataset=nope", "unknown dataset 'nope'; valid choices: "),
+    ("ablate", "eval.reference=nope", "unknown dataset 'nope'; valid choices: "),
+    ("scan-study", "train.schedule=nope", "unknown schedule 'nope'; valid choices: "),
+    ("scan-study", "eval.extractor=nope", "unknown extractor 'nope'; valid choices: "),
+    ("sweep", "train.model_kwargs.scan_patterns=\"19\"", "unknown scan pattern '9'"),
+])
+def test_a_study_with_a_bad_name_stops_before_anything_is_enqueued_or_written(tmp_path, monkeypatch, command, setting,
+                                                                              message):
+    """Before this, each trial trained and then failed on the name (the sampler only at its FID)."""
+    _untouchable(monkeypatch)
+    result = CliRunner().invoke(app, [command, "--preset", "smoke", "--study", "bad", "--set", setting, "--results",
+                                      str(tmp_path / "results"), "--runs", str(tmp_path / "runs"), "--workers", "0"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: " + message) and result.stderr.count("\n") == 1, result.stderr
+    assert list(tmp_path.iterdir()) == []  # no optuna.db, no study.toml, no run directory
+
+
 def test_out_of_memory_is_one_line_naming_the_size_asked_for(files, monkeypatch):
     import dimstudy.diffusion.sampling
 
@@ -132,6 +189,28 @@ def test_help_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_choices_are_listed_and_refused_from_their_one_table_without_torch():
+    """--precision, --split and --preprocess are choices built from dimstudy.checks' tables (--drop's help from
+    COMPONENTS): --help lists them, and a value outside them is one error line before the command runs."""
+    from dimstudy.checks import PRECISIONS, PREPROCESS, SPLITS
+    from dimstudy.models.components import COMPONENTS
+
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom dimstudy.cli import app\n"
+            "for args in (['train', '--precision', 'fp9'], ['fid', 'x', '--split', 'val'],\n"
+            "             ['fid-stats', 'x', '--out', 'x.npz', '--preprocess', 'tf'], ['ablate', '--precision', 'fp9']):\n"
+            "    r = CliRunner().invoke(app, args)\n"
+            "    print(r.exit_code, r.stderr.count(chr(10)), r.stderr.strip())\n"
+            "print(' '.join(CliRunner().invoke(app, ['train', '--help']).output.split()))\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "COLUMNS": "400"}).stdout.splitlines()
+    assert out[-1] == "False"
+    for line, option, choices in zip(out, ("--precision", "--split", "--preprocess", "--precision"),
+                                     (PRECISIONS, SPLITS, PREPROCESS, PRECISIONS)):
+        assert line.startswith(f"2 1 error: Invalid value for '{option}'") and all(repr(c) in line for c in choices), line
+    assert f"<{'|'.join(PRECISIONS)}>" in out[-2] and ", ".join(COMPONENTS) in out[-2]
 
 
 def test_one_line_is_the_first_non_blank_line_named_by_its_class_or_not():

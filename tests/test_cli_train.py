@@ -1,7 +1,6 @@
 """`dimstudy train` and `dimstudy sample` through typer's CliRunner."""
 
 import json
-from pathlib import Path
 
 import pytest
 import typer
@@ -11,10 +10,11 @@ from typer.testing import CliRunner
 from dimstudy.cli import fid as fid_cli
 from dimstudy.cli import sample as sample_cli
 from dimstudy.cli import train as train_cli
+from dimstudy.presets import TRAIN_PRESETS
 from dimstudy.train import load_config, read_checkpoint
 from dimstudy.train.config import parse_set
 
-SMOKE = str(Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml")
+SMOKE = str(TRAIN_PRESETS / "smoke.toml")
 FAST = ["--resolution", "8", "--batch-size", "8", "--no-progress"]
 
 
@@ -50,6 +50,17 @@ def test_train_from_the_smoke_preset_writes_latest(smoke_run):
     assert cfg["ema_warmup"] is True and preset.ema_warmup  # the preset's: 150 steps would leave 22% init in the EMA
     assert cfg["model_kwargs"] == {"scan_backend": "auto", "multi_scan": True, "long_skip": False,
                                    "padding_tokens": True, "local_conv": True}
+
+
+def test_train_without_a_dataset_trains_on_the_offline_digits(runner_app, tmp_path, monkeypatch):
+    """No preset and no --dataset: the bundled digits, so a first run needs no download (CIFAR-10 would fail here)."""
+    runner, app = runner_app
+    monkeypatch.setenv("DIMSTUDY_OFFLINE", "1")
+    monkeypatch.setenv("DIMSTUDY_CACHE", str(tmp_path / "cache"))  # nowhere a CIFAR-10 copy could be found
+    result = runner.invoke(app, ["train", "--model", "dim_tiny_2", "--steps", "1", "--out", str(tmp_path / "r"), *FAST,
+                                 "--ckpt-every", "1", "--sample-every", "0", "--num-workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert read_checkpoint(tmp_path / "r")["config"]["dataset"] == "digits"
 
 
 def test_ema_warmup_flag_beats_the_preset(runner_app, tmp_path):
@@ -88,7 +99,7 @@ def test_sample_writes_pngs_and_a_grid(runner_app, smoke_run, tmp_path):
         (["train", "--model", "dim_nope"], "unknown model 'dim_nope'; valid choices: "),
         (["train", "--drop", "long_skp"], "unknown component 'long_skp'; valid choices: multi_scan, long_skip"),
         (["train", "--set", "lrr=1"], "unknown config key 'lrr'; valid keys: model, "),
-        (["train", "--precision", "fp8"], "unknown precision 'fp8'; valid choices: auto, bf16, fp16, fp32"),
+        (["train", "--set", "precision=fp8"], "unknown precision 'fp8'; valid choices: auto, bf16, fp16, fp32"),
         (["sample", "--ckpt", "no/such/ckpt.pt"], "no checkpoint at no/such/ckpt.pt"),
     ],
 )

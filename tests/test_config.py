@@ -1,12 +1,12 @@
 """TrainConfig: the paper's defaults, TOML round trip, error texts, override order."""
 
-from pathlib import Path
 
 import pytest
 
+from dimstudy.presets import TRAIN_PRESETS
 from dimstudy.train.config import TrainConfig, field_names, load_config, save_config
 
-SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml"
+SMOKE = TRAIN_PRESETS / "smoke.toml"
 
 
 def test_defaults_are_the_papers_cifar10_settings():

@@ -23,6 +23,7 @@ from dimstudy.study import (
     ablation_variants,
     load_study_config,
     make_variant,
+    optuna_adapter,
     read_runs,
     runner,
     scan_variants,
@@ -140,7 +141,7 @@ def calls(tmp_path) -> list[dict]:
 def test_two_worker_processes_run_every_trial_exactly_once(tmp_path):
     cfg = make_cfg(tmp_path, seeds=[0, 1])
     study = runner.open_study(cfg)
-    assert runner.storage_url(study).startswith("sqlite:///")  # so claims take the file lock
+    assert optuna_adapter.storage_url(study).startswith("sqlite:///")  # so claims take the file lock
     runner.enqueue_grid(study, ablation_variants(["each"]), cfg.seeds)
     env = fake_env(tmp_path, FAKE_WORKERS="2")
     procs = [start_worker(tmp_path, cfg, env) for _ in range(2)]
@@ -178,13 +179,33 @@ def test_a_killed_worker_s_trial_is_requeued_and_finished_trials_are_not_redone(
     assert retry.user_attrs["retries"] == 1 and retry.user_attrs["run_name"].startswith("scan1234-lsc1-pt0")
 
 
+def test_the_optuna_adapter_reaches_this_optunas_storage_trial_ids_and_url(tmp_path):
+    """Optuna's private attributes are used only in dimstudy.study.optuna_adapter: an Optuna release that renames
+    them fails here."""
+    cfg = make_cfg(tmp_path)
+    study = runner.open_study(cfg)
+    runner.enqueue_grid(study, ablation_variants(["each"]), [0])
+    assert optuna_adapter.storage_url(study) == cfg.storage_url
+    assert optuna_adapter.storage_url(optuna.create_study()) == ""  # in memory: no URL, so no claim file lock
+    storage = optuna_adapter.storage(study)
+    assert isinstance(storage, optuna.storages.BaseStorage)
+    for t in study.get_trials():  # numbers count within the study, ids within the storage; each finds its trial
+        assert storage.get_trial(optuna_adapter.trial_id_of(study, t.number)).number == t.number
+    trial = runner.claim(study)  # claims through the adapter: RUNNING, owned, with a heartbeat
+    assert optuna_adapter.trial_id(trial) == optuna_adapter.trial_id_of(study, trial.number)
+    frozen = storage.get_trial(optuna_adapter.trial_id(trial))
+    assert frozen.state == TrialState.RUNNING and frozen.system_attrs[runner.OWNER_ATTR]["pid"] == os.getpid()
+    assert trial.number in {t.number for t in study.get_trials(states=(TrialState.RUNNING,))}
+
+
 def test_a_stale_heartbeat_requeues_a_trial_of_another_machine(tmp_path):
     cfg = make_cfg(tmp_path)
     study = runner.open_study(cfg)
     runner.enqueue_grid(study, ablation_variants(["local_conv"]), [0])
     trial = runner.claim(study)
-    study._storage.set_trial_system_attr(trial._trial_id, runner.OWNER_ATTR, {"host": "elsewhere", "pid": 1, "worker": "x"})
-    study._storage.record_heartbeat(trial._trial_id)
+    storage, trial_id = optuna_adapter.storage(study), optuna_adapter.trial_id(trial)
+    storage.set_trial_system_attr(trial_id, runner.OWNER_ATTR, {"host": "elsewhere", "pid": 1, "worker": "x"})
+    storage.record_heartbeat(trial_id)
     assert runner.reap_orphans(study) == []  # alive: its heartbeat is fresh
     time.sleep(cfg.grace_s + 1.5)
     assert runner.reap_orphans(study) == [trial.number]

@@ -39,6 +39,7 @@ import torch.nn as nn
 from dimstudy.bench.timing import DTYPES, time_fn
 from dimstudy.flops import forward_with_hooks
 from dimstudy.ops.mixers import is_mixer
+from dimstudy.results import environment
 from dimstudy.runtime import resolve_device
 
 
@@ -69,7 +70,6 @@ def measure_device(device: str = "auto", dtype: str = "bf16", n: int | None = No
     n = n or (8192 if cuda else 512)
     nbytes = nbytes or (2**30 if cuda else 2**25)
     torch.manual_seed(0)
-    from dimstudy.results import environment
 
     return {
         **environment(dev),

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from dimstudy.results import _jsonable
 from dimstudy.runtime import is_oom, one_line
 
 ROW_MARKER = "DIMSTUDY_ROW "  # the worker's answer line; anything else a library prints is ignored
@@ -215,7 +216,6 @@ def worker_main(payload: str) -> int:
         traceback.print_exc(file=sys.stderr)
         row = {"status": "oom" if is_oom(e) else "error", "error": one_line(e, ERROR_CHARS)}
     row["worker_pid"] = os.getpid()
-    from dimstudy.results import _jsonable
 
     sys.stdout.write(ROW_MARKER + json.dumps(_jsonable(row)) + "\n")
     sys.stdout.flush()

@@ -13,9 +13,11 @@ from dimstudy.cli import sample as _sample
 from dimstudy.cli import speed as _speed
 from dimstudy.cli import study as _study
 from dimstudy.cli import train as _train
+from dimstudy.cli.common import OneLineUsageErrors
 
 app = typer.Typer(
     name="dimstudy",
+    cls=OneLineUsageErrors,
     help=(
         "Take Diffusion Mamba (DiM) apart and measure it against U-ViT and a plain Mamba baseline.\n\n"
         "Examples:\n\n"

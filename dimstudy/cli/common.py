@@ -10,6 +10,7 @@ import functools
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 from dimstudy.runtime import is_oom, one_line
 
@@ -49,6 +50,25 @@ def friendly(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+class OneLineUsageErrors(TyperGroup):
+    """Bad usage of a command (a non-numeric --steps, an unknown option, a missing argument) as one `error:` line,
+    exit code 2, like every other error a user can fix; typer would print the usage and the message in a box.
+    A command called with no arguments still shows its help (click signals that as a usage error too)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            # by class name: typer raises the errors of its own copy of click (typer._click), not click's
+            names = {c.__name__ for c in type(e).__mro__}
+            if "UsageError" not in names or "NoArgsIsHelpError" in names:
+                raise
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            typer.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
+            sys.stderr.flush()
+            raise typer.Exit(2) from None
 
 
 def split_list(value: str | None) -> list[str]:

@@ -4,24 +4,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from dimstudy.checks import check_ranges
+from dimstudy.checks import PREPROCESS, SPLITS, check_choice, check_ranges
 from dimstudy.cli.common import friendly
 
 PREPROCESS_HELP = ("pytorch-fid (the DiM/U-ViT scripts' resize; for comparisons with the papers) or torch-fidelity "
                    "(TF1-style resize, what ADM's evaluator and its reference statistics use).")
-
-
-def _check_common(split: str, preprocess: str | None) -> None:
-    from dimstudy.metrics.fid import PREPROCESS
-
-    if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}; valid choices: train, test")
-    if preprocess is not None and preprocess not in PREPROCESS:
-        raise ValueError(f"unknown preprocess {preprocess!r}; valid choices: {', '.join(PREPROCESS)}")
 
 
 def _sample_checkpoint(ckpt: Path, n: int, sampler: str, steps: int, seed: int, batch_size: int, device,
@@ -62,9 +53,9 @@ def register(app: typer.Typer) -> None:
         resolution: Annotated[int | None, typer.Option(help="Reference resolution (default: the dataset's).")] = None,
         num_samples: Annotated[int | None, typer.Option("--num-samples", "-n", help="Score the first N samples (default all).")] = None,
         num_reference: Annotated[int | None, typer.Option(help="Reference images (default: the whole split).")] = None,
-        split: Annotated[str, typer.Option(help="Reference split: train (the papers' choice) or test.")] = "train",
+        split: Annotated[Literal[SPLITS], typer.Option(help="Reference split (train: the papers' choice).")] = "train",
         fid_weights: Annotated[Path | None, typer.Option(help="Inception weights file (torch-fidelity format).")] = None,
-        preprocess: Annotated[str | None, typer.Option(help=PREPROCESS_HELP + " Default: pytorch-fid, or what "
+        preprocess: Annotated[Literal[PREPROCESS] | None, typer.Option(help=PREPROCESS_HELP + " Default: pytorch-fid, or what "
                                                        "--ref-npz's statistics were made with (ADM's: torch-fidelity).")] = None,
         sfid: Annotated[bool, typer.Option("--sfid/--no-sfid", help="Also sFID (ADM's spatial features).")] = True,
         prc: Annotated[bool, typer.Option(help="Also precision/recall (k = 3).")] = False,
@@ -92,9 +83,8 @@ def register(app: typer.Typer) -> None:
 
           dimstudy fid samples/samples_50000x256x256x3.npz --ref-npz VIRTUAL_imagenet256_labeled.npz --prc
         """
-        from dimstudy.metrics.fid import compute_metrics, format_metrics
+        from dimstudy.metrics.fid import check_reference, compute_metrics, format_metrics
 
-        _check_common(split, preprocess)
         check_ranges(num_samples=num_samples, num_reference=num_reference, resolution=resolution, steps=steps,
                      batch_size=batch_size)
         if (samples is None) == (ckpt is None):
@@ -102,7 +92,11 @@ def register(app: typer.Typer) -> None:
         if samples is not None and not samples.is_dir() and not (samples.suffix == ".npz" and samples.is_file()):
             raise FileNotFoundError(f"samples: {samples} is neither a folder of images nor an .npz file")
         reference = ref_npz if ref_npz is not None else dataset
+        check_reference(reference)
         if ckpt is not None:
+            from dimstudy.diffusion.samplers import SAMPLERS
+
+            check_choice("sampler", sampler, SAMPLERS)  # before the checkpoint is read
             samples = _sample_checkpoint(ckpt, num_samples or 1000, sampler, steps, seed, batch_size, device, progress)
         r = compute_metrics(samples, reference, num_samples=num_samples, num_reference=num_reference,
                             resolution=resolution, data_dir=data_dir, train=split == "train", fid_weights=fid_weights,
@@ -126,10 +120,10 @@ def register(app: typer.Typer) -> None:
         resolution: Annotated[int | None, typer.Option(help="Image side (default: the dataset's).")] = None,
         num_reference: Annotated[int | None, typer.Option("--num-reference", "-n", help="Images (default all; a "
                                                           "subset is drawn with --seed).")] = None,
-        split: Annotated[str, typer.Option(help="Dataset split: train or test.")] = "train",
+        split: Annotated[Literal[SPLITS], typer.Option(help="Dataset split.")] = "train",
         seed: Annotated[int, typer.Option(help="Seed of the subset of a dataset.")] = 0,
         fid_weights: Annotated[Path | None, typer.Option(help="Inception weights file (torch-fidelity format).")] = None,
-        preprocess: Annotated[str, typer.Option(help=PREPROCESS_HELP + " Recorded in the file; `fid --ref-npz` "
+        preprocess: Annotated[Literal[PREPROCESS], typer.Option(help=PREPROCESS_HELP + " Recorded in the file; `fid --ref-npz` "
                                                 "then scores with the same.")] = "pytorch-fid",
         sfid: Annotated[bool, typer.Option("--sfid/--no-sfid", help="Also mu_s, sigma_s (sFID).")] = True,
         batch_size: Annotated[int, typer.Option(help="Images per Inception forward.")] = 50,
@@ -151,7 +145,6 @@ def register(app: typer.Typer) -> None:
         from dimstudy.metrics.fid import reference_statistics
         from dimstudy.metrics.reference import STATS_KEYS, write_stats_npz
 
-        _check_common(split, preprocess)
         if out.suffix != ".npz":
             raise ValueError(f"--out must end in .npz, got {out}")
         if source not in DATASETS and not Path(source).is_dir() and not (source.endswith(".npz") and Path(source).is_file()):

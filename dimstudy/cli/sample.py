@@ -58,13 +58,17 @@ def register(app: typer.Typer) -> None:
         Training-free 2x: dimstudy sample --ckpt runs/smoke --scale 2 --upsample-guidance --out samples/smoke-x2
         (drop --upsample-guidance for plain high-resolution sampling, to compare).
         """
-        from dimstudy.checks import check_out_dir, check_ranges
+        from dimstudy.checks import check_choice, check_out_dir, check_ranges
 
         check_ranges(n=n, steps=steps, batch_size=batch_size, cfg_scale=cfg_scale, resolution=resolution, scale=scale,
                      ug_theta=ug_theta, ug_eta=ug_eta)
         check_out_dir(out)
 
         import torch
+
+        from dimstudy.diffusion.samplers import SAMPLERS
+
+        check_choice("sampler", sampler, SAMPLERS)  # before the checkpoint is read
 
         from dimstudy.data import save_pngs
         from dimstudy.diffusion import build_schedule

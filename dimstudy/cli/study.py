@@ -1,6 +1,6 @@
 """`dimstudy ablate`, `scan-study`, `sweep`, `worker` and `report`: the paper's ablations and sweeps as studies.
 
-A study preset (experiments/studies/<name>.toml, or any path) fills a StudyConfig; flags override it.
+A study preset (dimstudy/presets/studies/<name>.toml, or any path) fills a StudyConfig; flags override it.
 """
 
 from __future__ import annotations
@@ -8,14 +8,16 @@ from __future__ import annotations
 import functools
 import inspect
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
+from dimstudy.checks import PRECISIONS
 from dimstudy.cli.common import friendly, split_list
+from dimstudy.models.components import COMPONENTS
 
 # -- options shared by ablate, scan-study and sweep (each maps to one StudyConfig field) ---------------------
-Preset = Annotated[str | None, typer.Option(help="Study preset: smoke, gpu-small, gpu-photos, paper (experiments/studies/), or a .toml path.")]
+Preset = Annotated[str | None, typer.Option(help="Study preset: smoke, gpu-small, gpu-photos, paper (dimstudy/presets/studies/), or a .toml path.")]
 StudyName = Annotated[str | None, typer.Option("--study", help="Study name (default: the preset's name); results go to RESULTS/NAME/.")]
 Seeds = Annotated[str | None, typer.Option(help="Seeds, comma-separated, e.g. 0,1: every variant runs once per seed.")]
 Results = Annotated[str | None, typer.Option("--results", help="Results root (rows, report, default storage).")]
@@ -37,7 +39,7 @@ Warmup = Annotated[int | None, typer.Option(help="Linear LR warm-up steps.")]
 Ema = Annotated[float | None, typer.Option(help="EMA decay.")]
 EmaWarmup = Annotated[bool | None, typer.Option("--ema-warmup/--no-ema-warmup", help="EMA decay min(decay, (1+t)/(10+t)) "
                                                "at step t: short runs need it.")]
-Precision = Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")]
+Precision = Annotated[Literal[PRECISIONS] | None, typer.Option(help="Mixed precision (auto: bf16 on CUDA, fp32 on the CPU).")]
 Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda.")]
 ScanBackend = Annotated[str | None, typer.Option(help="Selective-scan kernel: auto, triton, cuda, torch or ref.")]
 NumSamples = Annotated[int | None, typer.Option(help="Samples per FID.")]
@@ -129,7 +131,7 @@ def register(app: typer.Typer) -> None:
     def ablate(
         drop: Annotated[list[str] | None, typer.Option(help="Component to switch off, one variant per flag (repeat; "
                                                        "a comma-list drops several in one variant); 'each' = Tab. 4's "
-                                                       "rows. Names: multi_scan, long_skip, padding_tokens, local_conv.")] = None,
+                                                       f"rows. Names: {', '.join(COMPONENTS)}.")] = None,
         *, opts: dict,
     ):
         """Train and score the full DiM and each ablation (paper Tab. 4) under one budget, seeds and data.

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
+from dimstudy.checks import PRECISIONS
 from dimstudy.cli.common import friendly, split_list
+from dimstudy.models.components import COMPONENTS
+from dimstudy.presets import TRAIN_PRESETS
 
 try:
     import tomllib
@@ -16,26 +19,25 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 
-REPO = Path(__file__).resolve().parents[2]
-TRAIN_PRESET_DIRS = (Path("experiments"), REPO / "experiments")  # TrainConfig files by name, in this order
+# TrainConfig files by name, in this order: a project's own ./experiments first, then the package's
+TRAIN_PRESET_DIRS = (Path("experiments"), TRAIN_PRESETS)
 SAMPLE_TABLE = "sample"  # a preset's [sample] table: how its run is sampled for FID (printed, not trained on)
+# `train`'s dataset when neither a preset nor a flag names one: the bundled digits, so a first run needs no
+# download. TrainConfig's own default stays the paper's cifar10, which studies and saved configs rely on.
+DEFAULT_DATASET = "digits"
 
 
 def dry_run(cfg, sample: dict) -> dict:
     """What `train` would run, without data: the resolved config, the network's size and GMACs (built on the meta
-    device, so DiM-H/2 costs nothing), and the preset's sampling settings.
-
-    The network's input is what the dataset would give: for `latents`, resolution / 8 with 4 channels (the SD
-    VAE that `dimstudy encode` uses), else resolution with 3; model_kwargs override both, and num_classes.
+    device, so DiM-H/2 costs nothing, with the input the dataset would give: standin_model_kwargs), and the
+    preset's sampling settings.
     """
     import torch
 
     from dimstudy.flops import build_on_meta, count_flops, count_params
+    from dimstudy.train.config import standin_model_kwargs
 
-    latent = cfg.dataset == "latents"
-    kwargs = {"img_size": cfg.resolution // 8 if latent else cfg.resolution, "in_chans": 4 if latent else 3,
-              "num_classes": 1000 if cfg.class_cond else 0,  # a stand-in: training reads the count from the data
-              **cfg.model_kwargs}
+    kwargs = standin_model_kwargs(cfg)
     model = build_on_meta(cfg.model, **kwargs)
     x = torch.zeros(1, model.in_chans, model.img_size, model.img_size, device="meta")
     y = torch.zeros(1, dtype=torch.long, device="meta") if model.num_classes else None
@@ -47,7 +49,7 @@ def dry_run(cfg, sample: dict) -> dict:
 
 def preset_table(preset: str) -> dict:
     """A preset's keys. A study preset's name, as `ablate --preset` takes it (smoke, gpu-small, ...): its [train]
-    table, run in runs/NAME. Else a TOML path or a name in experiments/ (a TrainConfig file: imagenet256, ...)."""
+    table, run in runs/NAME. Else a TOML path or a TrainConfig preset's name (dimstudy/presets/: imagenet256, ...)."""
     from dimstudy.study.config import list_presets, resolve_preset
 
     if preset in list_presets():
@@ -65,12 +67,13 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     @friendly
     def train(
-        preset: Annotated[str | None, typer.Option(help="TOML experiment file or a preset name in experiments/ "
+        preset: Annotated[str | None, typer.Option(help="TOML experiment file or a preset name in dimstudy/presets/ "
                                                    "(smoke, imagenet256, imagenet512-ft; keys are TrainConfig fields), "
                                                    "or a study preset's name (gpu-small, ...): its [train] table, run "
                                                    "in runs/NAME.")] = None,
         model: Annotated[str | None, typer.Option(help="Registered model, e.g. dim_s_2 (see `dimstudy models`).")] = None,
-        dataset: Annotated[str | None, typer.Option(help="digits or photos (both offline), cifar10, folder or latents.")] = None,
+        dataset: Annotated[str | None, typer.Option(help="digits or photos (both offline), cifar10, folder or latents. "
+                                                     f"Default: the preset's, else {DEFAULT_DATASET}.")] = None,
         data_dir: Annotated[str | None, typer.Option(help="Where the dataset lives (folder/latents need it).")] = None,
         skip_unreadable: Annotated[bool | None, typer.Option("--skip-unreadable", help="Dataset folder: leave out "
                                                              "files that cannot be read (one warning) instead of stopping.")] = None,
@@ -87,11 +90,12 @@ def register(app: typer.Typer) -> None:
         grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimiser step.")] = None,
         grad_clip: Annotated[float | None, typer.Option(help="Max gradient norm; 0 = off.")] = None,
         p_uncond: Annotated[float | None, typer.Option(help="Label dropout for CFG (class-conditional runs).")] = None,
-        precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")] = None,
+        precision: Annotated[Literal[PRECISIONS] | None, typer.Option(help="Mixed precision (auto: bf16 on CUDA, "
+                                                                      "fp32 on the CPU).")] = None,
         seed: Annotated[int | None, typer.Option(help="Seed of init, data order and noise.")] = None,
         out: Annotated[str | None, typer.Option(help="Run directory: checkpoints, loss log, config, samples.")] = None,
         drop: Annotated[list[str] | None, typer.Option(help="DiM component to switch off (repeat or comma-list): "
-                                                        "multi_scan, long_skip, padding_tokens, local_conv.")] = None,
+                                                        f"{', '.join(COMPONENTS)}.")] = None,
         scan_patterns: Annotated[str | None, typer.Option(help="DiM scan patterns cycled per block, e.g. 1234.")] = None,
         scan_backend: Annotated[str | None, typer.Option(help="Selective-scan kernel: auto, triton, cuda, torch or ref.")] = None,
         ckpt_every: Annotated[int | None, typer.Option(help="Steps between latest.pt writes.")] = None,
@@ -108,14 +112,15 @@ def register(app: typer.Typer) -> None:
         dry_run_: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config, the model's size and "
                                                "GMACs and the preset's sampling settings; touch no data, train nothing.")] = False,
     ):
-        """Train a diffusion model; defaults are the paper's CIFAR-10 settings, a preset and flags override them.
+        """Train a diffusion model; defaults are the paper's CIFAR-10 settings (on the offline digits unless a preset
+        or --dataset names other data), a preset and flags override them.
 
         Resuming continues the same run exactly (weights, EMA, AdamW, LR schedule, data order, RNG).
         Multi-GPU: torchrun --nproc_per_node 8 $(which dimstudy) train --preset ... (only rank 0 writes).
 
         Examples:
 
-          dimstudy train --preset experiments/smoke.toml --steps 50 --out runs/smoke --drop long_skip
+          dimstudy train --preset dimstudy/presets/smoke.toml --steps 50 --out runs/smoke --drop long_skip
 
           dimstudy train --preset imagenet256 --model dim_l_2 --dry-run
         """
@@ -143,7 +148,7 @@ def register(app: typer.Typer) -> None:
         )
         file = preset_table(preset) if preset is not None else {}
         sample, file_kwargs = file.pop(SAMPLE_TABLE, {}), file.pop("model_kwargs", {})
-        cfg = load_config(None, **{**file, **sets, **{k: v for k, v in flags.items() if v is not None}},
+        cfg = load_config(None, **{"dataset": DEFAULT_DATASET, **file, **sets, **{k: v for k, v in flags.items() if v is not None}},
                           model_kwargs={**file_kwargs, **model_kwargs} or None)
         if dry_run_:
             typer.echo(json.dumps(dry_run(cfg, sample), indent=2))

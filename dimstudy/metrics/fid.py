@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from dimstudy.checks import PREPROCESS
 from dimstudy.data.datasets import DATASETS, build_dataset, cache_root, float_to_uint8, offline
 from dimstudy.metrics.reference import NpzImages, read_reference_npz
 
@@ -109,7 +110,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
-PREPROCESS = ("pytorch-fid", "torch-fidelity")
 
 
 def preprocess_images(x: torch.Tensor, preprocess: str = "pytorch-fid") -> torch.Tensor:
@@ -344,6 +344,17 @@ def _is_npz(source) -> bool:
     return isinstance(source, (str, Path)) and Path(source).suffix == ".npz"
 
 
+def check_reference(reference) -> None:
+    """A reference named by a string or path is a registered dataset, a folder or an .npz file that exists:
+    checked before any image is read or Inception is loaded (images and Datasets pass)."""
+    if not isinstance(reference, (str, Path)) or (isinstance(reference, str) and reference in DATASETS):
+        return
+    path = Path(reference)
+    if not (path.is_dir() or (_is_npz(path) and path.is_file())):
+        raise ValueError(f"unknown dataset {str(reference)!r}; valid choices: {', '.join(sorted(DATASETS))} "
+                         "(or a folder of images, or an .npz file)")
+
+
 def _image_set(source, n: int | None, what: str, subset_seed: int | None = None,
                skip_unreadable: bool = False) -> tuple[_Uint8Images, str]:
     """(uint8 image set, description) from a tensor (N, C, H, W), a folder of images, an ADM batch (.npz with
@@ -481,6 +492,7 @@ def compute_metrics(samples, reference, *, num_samples: int | None = None, num_r
     `skip_unreadable`: image folders (samples or reference) leave out the files that cannot be read, with a
     warning, instead of stopping with an error that names them.
     """
+    check_reference(reference)
     sample_set, _ = _image_set(samples, num_samples, "samples", skip_unreadable=skip_unreadable)
     npz = read_reference_npz(reference) if _is_npz(reference) else None
     if npz is not None and npz.stats and preprocess not in (None, npz.preprocess):

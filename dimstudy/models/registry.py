@@ -55,6 +55,11 @@ def get_entry(name: str) -> ModelEntry:
 def create_model(name: str, **overrides) -> nn.Module:
     """Build a preset; `None` overrides are dropped so CLI options can default to None."""
     entry = get_entry(name)
-    model = entry.fn(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        model = entry.fn(**{k: v for k, v in overrides.items() if v is not None})
+    except TypeError as e:  # a misspelt model_kwargs key is bad input, reported as one line (not a traceback)
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise ValueError(f"unknown setting for {name}: {e}") from None
     model.registry_name = name
     return model

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dimstudy.study.config import EVAL_MAY_CHANGE, TRAIN_MAY_CHANGE, EvalConfig, StudyConfig
+from dimstudy.study.config import EVAL_MAY_CHANGE, TRAIN_MAY_CHANGE, EvalConfig, StudyConfig, identity_diff
 from dimstudy.study.grid import Variant
 from dimstudy.train.config import TrainConfig
 
@@ -118,8 +118,6 @@ def cells(cfg: StudyConfig, variants: list[Variant], seeds: list[int]) -> list[d
 def check_rows_match(cfg: StudyConfig) -> None:
     """Refuse to add cells to a results directory whose rows were made with other result-defining settings:
     the tables would mix them. (Seeds and the variant flags may differ: they are the grid.)"""
-    from dimstudy.study.config import identity_diff
-
     mine = _settings(cfg.train.to_dict(), dataclasses.asdict(cfg.eval), drop_variant=True)
     for row in read_rows(cfg.study_dir):
         if row.get("kind", "grid") != "grid" or row.get("status") != "ok" or not (conf := _row_config(row)):

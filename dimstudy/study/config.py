@@ -1,6 +1,6 @@
 """The study configuration: one typed dataclass per table of a study preset, mirroring the CLI options.
 
-A study preset (`experiments/studies/<name>.toml`) is a `StudyConfig`:
+A study preset (`dimstudy/presets/studies/<name>.toml`) is a `StudyConfig`:
 
     name = "smoke"            # top-level keys: StudyConfig fields (seeds, drop, patterns, workers, ...)
     seeds = [0]
@@ -33,11 +33,12 @@ except ModuleNotFoundError:  # Python 3.10
 
 import tomli_w
 
-from dimstudy.checks import check_ranges
+from dimstudy.checks import SPLITS, check_ranges
+from dimstudy.presets import STUDY_PRESETS
 from dimstudy.train.config import RESUME_MAY_CHANGE, TrainConfig
 
-REPO = Path(__file__).resolve().parents[2]
-PRESET_DIRS = (Path("experiments/studies"), REPO / "experiments" / "studies")  # searched in this order
+# searched in this order: a project's own ./experiments/studies first, so that it can shadow a shipped preset
+PRESET_DIRS = (Path("experiments/studies"), STUDY_PRESETS)
 
 
 @dataclass
@@ -63,8 +64,8 @@ class EvalConfig:
 
     def __post_init__(self):
         check_types(self)
-        if self.reference_split not in ("train", "test"):
-            raise ValueError(f"eval.reference_split must be 'train' or 'test', got {self.reference_split!r}")
+        if self.reference_split not in SPLITS:
+            raise ValueError(f"eval.reference_split must be {' or '.join(map(repr, SPLITS))}, got {self.reference_split!r}")
         check_ranges(num_samples=self.num_samples, steps=self.steps, batch_size=self.batch_size,
                      fid_batch_size=self.fid_batch_size)
 
@@ -202,8 +203,8 @@ def list_presets(dirs=None) -> list[str]:
 
 
 def resolve_preset(preset: str | Path, dirs=None) -> Path:
-    """A preset name (`smoke`, searched in `dirs`: default ./experiments/studies then the repository's) or a
-    TOML path."""
+    """A preset name (`smoke`, searched in `dirs`: default ./experiments/studies then the package's) or a TOML
+    path."""
     dirs = dirs or PRESET_DIRS
     path = Path(preset).expanduser()
     if path.suffix == ".toml" or path.is_file():

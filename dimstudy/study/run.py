@@ -13,18 +13,37 @@ from collections.abc import Callable
 
 import torch
 
+from dimstudy.checks import check_choice
+from dimstudy.diffusion.samplers import SAMPLERS
+from dimstudy.models.registry import get_entry
 from dimstudy.study import runner
-from dimstudy.study.cells import cells, check_rows_match
+from dimstudy.study.cells import cell_train_config, cells, check_rows_match
 from dimstudy.study.config import StudyConfig, save_study_config
 from dimstudy.study.grid import Variant
+from dimstudy.study.sweep import check_space, make_pruner, make_sampler
 from dimstudy.study.trial import ensure_reference, run_trial
+from dimstudy.train.ema import ema_warning
+from dimstudy.train.trainer import check_config
 
 Log = Callable[[str], None]
 
 
-def check_grid_model(cfg: StudyConfig) -> None:
-    from dimstudy.models.registry import get_entry
+def check_inputs(cfg: StudyConfig, variants: list[Variant]) -> None:
+    """Every name the trials will use, checked before anything is enqueued or written (a bad one would otherwise
+    stop each trial after its training): each variant's TrainConfig (dataset, schedule, the model and its flags;
+    a sweep: the base one), the sampler, the FID extractor and the reference."""
+    # here, not at the top: it loads torch-fidelity
+    from dimstudy.metrics.fid import EXTRACTORS, check_reference
 
+    for model_kwargs in [v.model_kwargs for v in variants] or [{}]:
+        check_config(cell_train_config(cfg, model_kwargs, cfg.seeds[0], ""))
+    check_choice("sampler", cfg.eval.sampler, SAMPLERS)
+    check_choice("extractor", cfg.eval.extractor, EXTRACTORS)
+    if cfg.eval.reference is not None:
+        check_reference(cfg.eval.reference)
+
+
+def check_grid_model(cfg: StudyConfig) -> None:
     family = get_entry(cfg.train.model).family
     if family != "dim":
         raise ValueError(f"ablations switch DiM's designs, but {cfg.train.model!r} is a {family} model; "
@@ -34,8 +53,6 @@ def check_grid_model(cfg: StudyConfig) -> None:
 def check_ema(cfg: StudyConfig, log: Log) -> None:
     """Say once, before any trial trains, when the preset's EMA would still be mostly the initial weights at
     the end of training (every trial would then sample noise); the trainer repeats it in each run."""
-    from dimstudy.train.ema import ema_warning
-
     if msg := ema_warning(cfg.train):
         log(f"warning: {msg} (study flag --ema-warmup)")
 
@@ -44,6 +61,7 @@ def run_grid(cfg: StudyConfig, variants: list[Variant], *, log: Log = print, tri
     """Enqueue variants x seeds (points already covered are skipped), run cfg.workers workers until the study
     is done. Returns {"study", "counts"}."""
     check_grid_model(cfg)
+    check_inputs(cfg, variants)
     check_ema(cfg, log)
     check_rows_match(cfg)
     study = runner.open_study(cfg)
@@ -65,9 +83,8 @@ def run_grid(cfg: StudyConfig, variants: list[Variant], *, log: Log = print, tri
 def run_sweep(cfg: StudyConfig, *, log: Log = print, trial_fn=run_trial) -> dict:
     """Sample cfg.sweep.n_trials settings (workers share the count), prune on the reported values. Returns
     {"study", "counts"}."""
-    from dimstudy.study.sweep import check_space, make_pruner, make_sampler
-
     check_space(cfg.sweep.space)
+    check_inputs(cfg, [])
     check_ema(cfg, log)
     if cfg.workers == 0:
         raise ValueError("a sweep needs workers >= 1 (its trials are sampled as they start, there is nothing to enqueue)")

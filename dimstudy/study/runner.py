@@ -40,8 +40,10 @@ from filelock import FileLock
 from optuna.trial import TrialState
 
 from dimstudy.runtime import one_line
+from dimstudy.study import optuna_adapter
 from dimstudy.study.config import StudyConfig, identity, identity_diff
 from dimstudy.study.grid import Variant
+from dimstudy.study.sweep import make_pruner, make_sampler
 
 CONFIG_ATTR = "dimstudy_config"  # study user attr: the StudyConfig as a dict, so `worker --study` needs nothing else
 OWNER_ATTR = "dimstudy_worker"  # trial system attr: {"host", "pid", "worker"} of the worker running it
@@ -74,16 +76,10 @@ def _storage(cfg: StudyConfig) -> optuna.storages.RDBStorage:
         )
 
 
-def storage_url(study: optuna.Study) -> str:
-    """The RDB URL behind a study (Optuna wraps its RDBStorage in a caching layer)."""
-    storage = study._storage
-    return getattr(getattr(storage, "_backend", storage), "url", "")
-
-
 def claim_lock(study: optuna.Study):
     """The cross-process lock of claims, enqueues and re-queues: a file beside a SQLite database; server
     databases lock rows themselves (nullcontext)."""
-    db = sqlite_path(storage_url(study))
+    db = sqlite_path(optuna_adapter.storage_url(study))
     return FileLock(str(db) + ".claim.lock") if db is not None else contextlib.nullcontext()
 
 
@@ -123,7 +119,6 @@ def attach(name: str, storage: str | None = None, results_dir: str = "results", 
     if device:
         saved["train"] = {**saved["train"], "device": device}
     cfg = StudyConfig.from_dict({**saved, **{k: v for k, v in overrides.items() if v is not None}})
-    from dimstudy.study.sweep import make_pruner, make_sampler
 
     study = optuna.load_study(study_name=name, storage=_storage(cfg), sampler=make_sampler(cfg.sweep),
                               pruner=make_pruner(cfg.sweep))
@@ -215,8 +210,7 @@ def reap_orphans(study: optuna.Study) -> list[int]:
 
     Returns the numbers of the trials re-queued.
     """
-    storage = study._storage
-    study_id = storage.get_study_id_from_name(study.study_name)
+    storage = optuna_adapter.storage(study)
     done = []
     with claim_lock(study):
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
@@ -228,7 +222,7 @@ def reap_orphans(study: optuna.Study) -> list[int]:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = t.system_attrs.get(OWNER_ATTR)
             if owner and not _alive(owner["host"], owner["pid"]):
-                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+                trial_id = optuna_adapter.trial_id_of(study, t.number)
                 with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                     if storage.set_trial_state_values(trial_id, TrialState.FAIL):
                         requeue(study, storage.get_trial(trial_id))
@@ -239,11 +233,10 @@ def reap_orphans(study: optuna.Study) -> list[int]:
 def claim(study: optuna.Study, sweep_budget: int | None = None) -> optuna.Trial | None:
     """Move one WAITING trial to RUNNING for this worker and return it; for a sweep, when none waits and
     fewer than `sweep_budget` trials exist that are not failed, a new sampled trial. None: nothing to do."""
-    storage = study._storage
-    study_id = storage.get_study_id_from_name(study.study_name)
+    storage = optuna_adapter.storage(study)
     with claim_lock(study):
         for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            trial_id = optuna_adapter.trial_id_of(study, t.number)
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
                     return _own(study, optuna.Trial(study, trial_id))
@@ -262,8 +255,9 @@ def _own(study: optuna.Study, trial: optuna.Trial) -> optuna.Trial:
     """Mark the claimed trial as this worker's, with a first heartbeat, before the claim lock is released:
     a worker that dies right after claiming is then found like any other."""
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "worker": WORKER_ID}
-    study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner)
-    study._storage.record_heartbeat(trial._trial_id)
+    storage, trial_id = optuna_adapter.storage(study), optuna_adapter.trial_id(trial)
+    storage.set_trial_system_attr(trial_id, OWNER_ATTR, owner)
+    storage.record_heartbeat(trial_id)
     return trial
 
 
@@ -271,7 +265,8 @@ class _Heartbeat:
     """Write the trial's heartbeat every `interval` seconds from a thread, while the trial runs."""
 
     def __init__(self, study: optuna.Study, trial: optuna.Trial, interval: float):
-        self.storage, self.trial_id, self.interval = study._storage, trial._trial_id, interval
+        self.storage, self.trial_id = optuna_adapter.storage(study), optuna_adapter.trial_id(trial)
+        self.interval = interval
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -330,7 +325,7 @@ def work(study: optuna.Study, cfg: StudyConfig, trial_fn: TrialFn, *, sweep_budg
             except (KeyboardInterrupt, SystemExit):
                 with claim_lock(study):
                     study.tell(trial, state=TrialState.FAIL)
-                    requeue(study, study._storage.get_trial(trial._trial_id))
+                    requeue(study, optuna_adapter.storage(study).get_trial(optuna_adapter.trial_id(trial)))
                 log(f"trial {trial.number}: interrupted; re-queued (it resumes from its run directory)")
                 raise
             except Exception as e:  # the trial's own failure (a bug, out of memory): record it and go on

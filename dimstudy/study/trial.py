@@ -26,12 +26,26 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
+from filelock import FileLock
+from tqdm.auto import tqdm
 
-from dimstudy.runtime import one_line
+from dimstudy.data import build_dataset
+from dimstudy.data.datasets import DATASETS, cache_root, float_to_uint8, uint8_to_float
+from dimstudy.diffusion import build_schedule
+from dimstudy.diffusion.graphs import graphed
+from dimstudy.diffusion.sampling import draw_samples, save_grid
+from dimstudy.flops import build_on_meta, count_flops, count_params
+from dimstudy.models.components import COMPONENTS
+from dimstudy.ops.mixers import kernels_that_ran
+from dimstudy.results import environment
+from dimstudy.runtime import one_line, resolve_device
 from dimstudy.study.cells import cell_identity, cell_train_config, finished_rows
 from dimstudy.study.config import StudyConfig
 from dimstudy.study.rows import bin_curve, final_loss, read_loss_log, write_curve, write_row
 from dimstudy.study.runner import WORKER_ID
+from dimstudy.study.sweep import apply_params, suggest
+from dimstudy.train import load_checkpoint, train
+from dimstudy.train.checkpoint import read_checkpoint, save_checkpoint
 from dimstudy.train.config import TrainConfig, save_config
 from dimstudy.train.ema import init_share
 
@@ -46,8 +60,6 @@ def run_trial(trial: optuna.Trial, cfg: StudyConfig, log: Log = print, progress:
     params: dict = {}
     tcfg = cfg.train
     if kind == "sweep":
-        from dimstudy.study.sweep import apply_params, suggest
-
         params = suggest(trial, cfg.sweep.space)
         if "run_name" not in spec:  # first start; a re-queued copy keeps its original's run dir
             spec.update(key=f"sweep/trial{trial.number:04d}", kind="sweep", run_name=f"trial{trial.number:04d}")
@@ -114,9 +126,6 @@ def _release_cached_gpu_memory() -> None:
 
 
 def _finish_row(row: dict, cfg: StudyConfig, tcfg: TrainConfig) -> dict:
-    from dimstudy.results import environment
-    from dimstudy.runtime import resolve_device
-
     dev = resolve_device(tcfg.device)
     row.update({**environment(dev), "host": socket.gethostname(), "worker": WORKER_ID,
                 "config": {"train": tcfg.to_dict(), "eval": json.loads(json.dumps(cfg.eval.__dict__))}})
@@ -209,8 +218,6 @@ def _finished_summary(run_dir: Path, steps: int, at_least: bool = False) -> dict
 
 def _train_segment(cfg: StudyConfig, tcfg: TrainConfig, on_step, progress: bool) -> dict:
     if cfg.nproc == 1:
-        from dimstudy.train import train
-
         return train(tcfg, resume=None, progress=progress, on_step=on_step)
     return train_torchrun(tcfg, cfg.nproc, on_step)
 
@@ -259,10 +266,6 @@ def _train_info(tcfg: TrainConfig, summary: dict, loss_log) -> dict:
 
 def _model_info(tcfg: TrainConfig, run_dir: Path) -> dict:
     """The network the trainer built (from the checkpoint's constructor arguments): flags, size, GMACs."""
-    from dimstudy.flops import build_on_meta, count_flops, count_params
-    from dimstudy.models.components import COMPONENTS
-    from dimstudy.train.checkpoint import read_checkpoint
-
     kwargs = read_checkpoint(run_dir)["model_args"]["kwargs"]  # img_size, in_chans, num_classes, the flags
     model = build_on_meta(tcfg.model, **kwargs)
     x = torch.zeros(1, model.in_chans, model.img_size, model.img_size, device="meta")
@@ -293,11 +296,7 @@ def ensure_reference(cfg: StudyConfig, tcfg: TrainConfig | None = None, log: Log
     cache. A file lock makes other workers wait for the first, and a marker beside the cache lets later
     processes skip even the handful (if the cache is deleted, the next FID simply recomputes it).
     """
-    from filelock import FileLock
-
-    from dimstudy.data import build_dataset
-    from dimstudy.data.datasets import DATASETS, cache_root
-    from dimstudy.metrics import compute_metrics
+    from dimstudy.metrics import compute_metrics  # here, not at the top: it loads torch-fidelity
 
     tcfg = tcfg or cfg.train
     ref = reference_args(cfg, tcfg)
@@ -319,8 +318,6 @@ def ensure_reference(cfg: StudyConfig, tcfg: TrainConfig | None = None, log: Log
 
 
 def _eval_device(tcfg: TrainConfig) -> torch.device:
-    from dimstudy.runtime import resolve_device
-
     dev = resolve_device(tcfg.device)
     return torch.device("cuda", torch.cuda.current_device()) if dev.type == "cuda" and dev.index is None else dev
 
@@ -336,13 +333,6 @@ def draw_chunks(model, schedule, n: int, folder: Path, *, sampler: str, steps: i
 
     On CUDA the network is replayed from CUDA graphs (captured once, kept across the chunks) unless
     `cuda_graphs` is off. progress: a bar over the images, with their rate and the time left."""
-    from tqdm.auto import tqdm
-
-    from dimstudy.data.datasets import float_to_uint8
-    from dimstudy.diffusion.graphs import graphed
-    from dimstudy.diffusion.sampling import draw_samples
-    from dimstudy.train.checkpoint import save_checkpoint
-
     model = graphed(model, device, cuda_graphs)
     out = []
     with tqdm(total=n, desc="sampling", unit="img", dynamic_ncols=True, disable=not progress) as bar:
@@ -367,10 +357,7 @@ def evaluate(cfg: StudyConfig, tcfg: TrainConfig, run_dir: Path, n: int, seed: i
              progress: bool = False) -> tuple[dict, dict]:
     """(metrics, info) for the EMA weights in run_dir: n samples with cfg.eval's sampler, FID against the reference
     (progress: a bar over the sampling)."""
-    from dimstudy.diffusion import build_schedule
-    from dimstudy.metrics import compute_metrics
-    from dimstudy.ops.mixers import kernels_that_ran
-    from dimstudy.train import load_checkpoint
+    from dimstudy.metrics import compute_metrics  # here, not at the top: it loads torch-fidelity
 
     e = cfg.eval
     device = _eval_device(tcfg)
@@ -401,9 +388,6 @@ def evaluate(cfg: StudyConfig, tcfg: TrainConfig, run_dir: Path, n: int, seed: i
 
 
 def _save_grid(images: torch.Tensor, study_dir: Path, run_name: str) -> str:
-    from dimstudy.data.datasets import uint8_to_float
-    from dimstudy.diffusion.sampling import save_grid
-
     rel = Path("grids") / f"{run_name}.png"
     save_grid(uint8_to_float(images), Path(study_dir) / rel)
     return rel.as_posix()

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from dimstudy.models.registry import create_model, get_entry
 from dimstudy.train.config import TrainConfig
 
 LATEST = "latest.pt"
@@ -167,6 +168,7 @@ def read_checkpoint(path: str | Path) -> dict:
     fly with `dimstudy.convert.public_checkpoint` (the preset of its width and depth), so every command that
     takes a checkpoint takes either format. Anything else raises CheckpointError (see load_file).
     """
+    # here, not at the top: dimstudy.convert imports this module
     from dimstudy.convert import is_public_checkpoint, is_public_state_dict, public_checkpoint
 
     if Path(path).is_dir() and is_public_checkpoint(path):
@@ -206,8 +208,6 @@ def read_resumable(run_dir: str | Path, warn=warnings.warn) -> tuple[dict, Path]
 
 def build_model(model_args: dict) -> nn.Module:
     """The one place a network is made from a run: `create_model(name, **kwargs)`, for training and loading."""
-    from dimstudy.models.registry import create_model
-
     try:
         return create_model(model_args["name"], **model_args["kwargs"])
     except TypeError as e:  # an override the architecture has no flag for, e.g. long_skip on U-ViT
@@ -222,8 +222,6 @@ PRE_ISSUE_13 = {"head_cond": "adaln", "ada_class_table": False}
 
 def fit_model_args(model_args: dict, weights: dict, schedule: str | None = None, source: str = "checkpoint") -> dict:
     """`model_args`, plus PRE_ISSUE_13 when `weights` are a DiM/Mamba network saved before issue 13."""
-    from dimstudy.models.registry import get_entry
-
     kwargs = model_args["kwargs"]
     old = ("ada_proj.1.weight" in weights and "ada_label_emb.weight" not in weights
            and not set(PRE_ISSUE_13) & set(kwargs) and get_entry(model_args["name"]).family in ("dim", "mamba"))

@@ -21,9 +21,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 import tomli_w
 
-from dimstudy.checks import check_ranges
+from dimstudy.checks import PRECISIONS, check_choice, check_ranges
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # Fields a resumed run may change; any other difference from the checkpoint's config is refused.
 RESUME_MAY_CHANGE = frozenset(
     {"steps", "out_dir", "data_dir", "device", "ckpt_every", "keep_every", "log_every", "sample_every",
@@ -78,8 +77,7 @@ class TrainConfig:
         _coerce_fields(self)
         if self.p_uncond is None:
             self.p_uncond = 0.1 if self.class_cond else 0.0
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; valid choices: {', '.join(PRECISIONS)}")
+        check_choice("precision", self.precision, PRECISIONS)
         check_ranges(**{name: getattr(self, name) for name in CHECKED})
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
@@ -100,6 +98,16 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config key {unknown[0]!r}; valid keys: {', '.join(field_names())}")
         return cls(**merged)
+
+
+def standin_model_kwargs(cfg: TrainConfig) -> dict:
+    """create_model's keywords for `cfg`, with the input the dataset would give, known without loading it: for
+    `latents`, resolution / 8 with 4 channels (the SD VAE that `dimstudy encode` uses), else resolution with 3;
+    model_kwargs override both, and num_classes."""
+    latent = cfg.dataset == "latents"
+    return {"img_size": cfg.resolution // 8 if latent else cfg.resolution, "in_chans": 4 if latent else 3,
+            "num_classes": 1000 if cfg.class_cond else 0,  # a stand-in: training reads the count from the data
+            **cfg.model_kwargs}
 
 
 def field_names() -> list[str]:

@@ -31,8 +31,14 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
+from dimstudy.checks import check_choice
+from dimstudy.data import build_dataset, list_datasets
+from dimstudy.diffusion import build_schedule, drop_labels
 from dimstudy.diffusion.sampling import draw_samples, save_grid
+from dimstudy.diffusion.schedules import SCHEDULES
+from dimstudy.flops import build_on_meta
 from dimstudy.ops.mixers import kernels_that_ran
+from dimstudy.results import append_row, environment
 from dimstudy.runtime import resolve_device
 from dimstudy.train.checkpoint import (
     LATEST,
@@ -46,7 +52,7 @@ from dimstudy.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from dimstudy.train.config import RESUME_MAY_CHANGE, TrainConfig, save_config
+from dimstudy.train.config import RESUME_MAY_CHANGE, TrainConfig, save_config, standin_model_kwargs
 from dimstudy.train.distributed import StepBatchSampler, all_mean, close_distributed, init_distributed
 from dimstudy.train.ema import EMA, ema_warning, init_share
 
@@ -133,6 +139,16 @@ def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
                          "settings, or pass --no-resume / a new --out")
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Every name in `cfg` and its model's settings, checked without data or weights, so that a bad value stops
+    a run before a dataset is cut, read or downloaded: the dataset and schedule names, and the model, built on
+    the meta device (no storage) with the input the dataset would give. Studies check each variant with it
+    before they enqueue anything."""
+    check_choice("dataset", cfg.dataset, list_datasets())
+    check_choice("schedule", cfg.schedule, SCHEDULES)
+    build_on_meta(cfg.model, **standin_model_kwargs(cfg))  # unknown model, component flag, scan pattern, ...
+
+
 def train(
     cfg: TrainConfig,
     *,
@@ -146,12 +162,7 @@ def train(
     on_step(row): called on every rank after each step with {"step", "loss", "lr"} (e.g. sweeps' pruning).
     Under torchrun each rank runs this; only rank 0 writes files.
     """
-    from dimstudy.data import build_dataset
-    from dimstudy.diffusion import build_schedule, drop_labels
-    from dimstudy.models.registry import get_entry
-    from dimstudy.results import append_row, environment
-
-    get_entry(cfg.model)  # an unknown name fails here, before any data is loaded
+    check_config(cfg)  # a bad name or model setting fails here, before any data is loaded
     schedule = build_schedule(cfg.schedule)
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
