@@ -32,8 +32,9 @@ from dimstudy.ops.mixers import kernels_that_ran
 from dimstudy.results import DEFAULT_ROOT, append_row, environment
 from dimstudy.runtime import resolve_device
 from dimstudy.train import load_checkpoint, save_checkpoint, train
-from dimstudy.train.checkpoint import build_model, checkpoint_path, fit_model_args, read_checkpoint
+from dimstudy.train.checkpoint import build_model, fit_model_args, read_checkpoint
 from dimstudy.train.config import TrainConfig
+from dimstudy.train.files import checkpoint_path
 
 TABLE = "resolution"
 METHODS = ("direct", "upsample_guidance", "finetune")

@@ -88,6 +88,15 @@ def _cases():
         (["fid", "{r}/one", "--dataset", "digits", "--resolution", "16", "--no-progress"],
          "samples: FID needs at least 2 images, got 1"),
         (["resolution-study", "--from", "{r}/run", "--n", "1"], "--num-samples must be >= 2, got 1"),
+        # issue 14's list, where no other test has it: a negative resolution, a missing checkpoint or samples
+        # folder, a checkpoint of another model
+        (["sample", "--ckpt", "{r}/run", "--resolution", "-8"], "--resolution must be >= 1, got -8"),
+        (["train", "--model", "dim_tiny_2", "--resolution", "-16", "--out", "{r}/new"], "--resolution must be >= 1, got -16"),
+        (["sample", "--ckpt", "{r}/no-such.pt"], "no checkpoint at {r}/no-such.pt"),
+        (["fid", "{r}/no-such-folder", "--dataset", "digits"], "samples: {r}/no-such-folder is neither a folder of "
+                                                              "images nor an .npz file"),
+        (["finetune", "--from", "{r}/run", "--scale", "2", "--model", "mamba_tiny_2", "--out", "{r}/ft"],
+         "{r}/run/latest.pt does not fit mamba_tiny_2 at img_size 32: unexpected: separators, pad_tokens"),
         pytest.param(["sample", "--ckpt", "{r}/run", "--device", "cuda"], "--device cuda asked for, but ",
                      marks=no_cuda, id="sample-cuda"),
         pytest.param(["train", *TINY, "--device", "cuda", "--out", "{r}/new"], "--device cuda asked for, but ",

@@ -10,15 +10,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dimstudy.cli import app
-from dimstudy.convert import (
+from dimstudy.models.registry import create_model
+from dimstudy.train import load_checkpoint
+from dimstudy.train.convert import (
     ConversionError,
     dimstudy_to_public,
     infer_preset,
     public_checkpoint,
     public_to_dimstudy,
 )
-from dimstudy.models.registry import create_model
-from dimstudy.train import load_checkpoint
 
 runner = CliRunner()
 

@@ -1,6 +1,7 @@
 """The model factory: every preset runs, DiM's layout is the public code's, components toggle cleanly."""
 
 import itertools
+from functools import partial
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from dimstudy.flops import build_on_meta, count_params, summarize
 from dimstudy.models.components import COMPONENTS, component_flags
 from dimstudy.models.dim import DiM
 from dimstudy.models.registry import create_model, get_entry, list_models
+from dimstudy.ops.mamba import Mamba
 from dimstudy.paper import variant_label
 
 BIG = {"dim_l_2", "dim_h_2", "mamba_900m_2", "uvit_900m_2"}
@@ -173,6 +175,36 @@ def test_any_combination_of_components_builds_and_runs(drop):
     x, t, y = _inputs(m, 16, b=1)
     assert m(x, t, y).shape == x.shape
     assert variant_label(component_flags(drop=drop)).count("-") == len(drop)
+
+
+def test_dim_calls_its_mixer_factory_once_per_block_with_the_block_index():
+    calls = []
+
+    def factory(dim, layer_idx):
+        calls.append((dim, layer_idx))
+        return _PassThrough(dim)
+
+    m = DiM(dim=8, depth=5, mixer=factory)
+    assert calls == [(8, i) for i in range(5)]
+    assert all(type(b.mixer) is _PassThrough for b in m.blocks)
+
+
+def test_dim_default_mixer_is_mamba_with_the_given_settings():
+    m = create_model("dim_tiny_2", d_state=8, d_conv=4, expand=1, scan_backend="ref")
+    for i, b in enumerate(m.blocks):
+        assert type(b.mixer) is Mamba
+        got = (b.mixer.d_model, b.mixer.d_state, b.mixer.d_conv, b.mixer.expand, b.mixer.scan_backend, b.mixer.layer_idx)
+        assert got == (64, 8, 4, 1, "ref", i)
+
+
+def test_default_mixer_and_an_explicit_mamba_factory_give_the_same_weights_for_a_seed():
+    settings = dict(d_state=8, d_conv=4, expand=1, scan_backend="torch")
+    torch.manual_seed(0)
+    default = DiM(dim=16, depth=5, **settings).state_dict()
+    torch.manual_seed(0)
+    factory = DiM(dim=16, depth=5, d_conv=4, mixer=partial(Mamba, **settings)).state_dict()
+    assert list(default) == list(factory)
+    assert all(torch.equal(default[k], factory[k]) for k in default)
 
 
 def test_mamba_baseline_is_dim_with_every_design_off():

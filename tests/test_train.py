@@ -20,8 +20,9 @@ from dimstudy.train import (
     save_checkpoint,
     train,
 )
-from dimstudy.train.checkpoint import CHECKPOINT_KEYS, CheckpointError, build_model, load_file
+from dimstudy.train.checkpoint import CHECKPOINT_KEYS, build_model
 from dimstudy.train.distributed import DistInfo, StepBatchSampler
+from dimstudy.train.files import CheckpointError, load_file
 from dimstudy.train.trainer import accumulate_grads, params_digest, random_hflip, warmup_factor
 
 # Narrower and shallower than the tiny presets: the pure-PyTorch selective scan costs b*l*d_inner*d_state per

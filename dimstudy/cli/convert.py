@@ -40,8 +40,9 @@ def register(app: typer.Typer) -> None:
 
         Back: dimstudy convert --from dimstudy dim_h_2-in256.pt --out nnet_ema.pth
         """
-        from dimstudy.convert import FORMATS, export_public, import_public
+        from dimstudy.train.checkpoint import load_checkpoint
         from dimstudy.train.config import parse_set
+        from dimstudy.train.convert import FORMATS, export_public, import_public
 
         if from_ not in FORMATS:
             raise ValueError(f"unknown format {from_!r}; valid choices: {', '.join(FORMATS)}")
@@ -51,5 +52,5 @@ def register(app: typer.Typer) -> None:
             if model or pad_layout or set_:
                 raise ValueError("--model, --pad-layout and --set apply to --from dim-public only; an export keeps "
                                  "the checkpoint's network")
-            summary = export_public(path, out, ema=ema, public_classes=public_classes)
+            summary = export_public(load_checkpoint(path, ema=ema)[0], out, public_classes=public_classes)
         typer.echo(json.dumps(summary, indent=2))

@@ -30,6 +30,8 @@ checkpoints written before it load as they were trained, see `dimstudy.train.che
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -59,11 +61,13 @@ class DiMBlock(nn.Module):
     own (3, D) table (PixArt-alpha). There is no MLP, as in DiM.
     """
 
-    def __init__(self, dim: int, mixer: type[nn.Module], adaln: bool, skip: bool, layer_idx: int, **mixer_kw):
+    def __init__(self, dim: int, mixer: Callable[..., nn.Module], adaln: bool, skip: bool, layer_idx: int):
         super().__init__()
         self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
         self.norm = RMSNorm(dim, eps=1e-5)
-        self.mixer = mixer(dim, layer_idx=layer_idx, **mixer_kw)
+        # Built here, after skip_linear: the mixer's own random inits (Mamba's dt_proj and conv1d, which
+        # initialize_weights leaves alone) keep their place in the RNG stream, so a seed gives the same weights.
+        self.mixer = mixer(dim, layer_idx=layer_idx)
         self.ada_table = nn.Parameter(torch.empty(3, dim)) if adaln else None  # init: DiM.initialize_weights
 
     def forward(self, x, mod: torch.Tensor | None, skip: torch.Tensor | None = None, perm: torch.Tensor | None = None):
@@ -96,7 +100,10 @@ class DiM(nn.Module):
         local_conv: bool = True,
         scan_patterns: str = "1234",
         adaln: bool = True,
-        mixer: type[nn.Module] = Mamba,
+        # The token mixer: a factory called as mixer(dim, layer_idx=i) once per block (a class such as Mamba
+        # or Attention, or a functools.partial of one). None: Mamba with the four settings below, which a
+        # given factory does not see (d_conv still sets the pad count).
+        mixer: Callable[..., nn.Module] | None = None,
         d_state: int = 16,
         d_conv: int = 3,
         expand: int = 2,
@@ -140,9 +147,10 @@ class DiM(nn.Module):
 
         n_skip = (depth - 1) // 2 if long_skip else 0
         self.push = set(range(1, 1 + n_skip))  # blocks whose output is kept for a long skip
-        mixer_kw = dict(d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend) if mixer is Mamba else {}
+        if mixer is None:
+            mixer = partial(Mamba, d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend)
         self.blocks = nn.ModuleList(
-            DiMBlock(dim, mixer, adaln, skip=i >= depth - n_skip, layer_idx=i, **mixer_kw) for i in range(depth)
+            DiMBlock(dim, mixer, adaln, skip=i >= depth - n_skip, layer_idx=i) for i in range(depth)
         )
         self.head = AdaLNHead(dim, patch_size, in_chans, adaln)
         self._perm_cache: dict = {}

@@ -45,9 +45,10 @@ from dimstudy.study.rows import bin_curve, final_loss, read_loss_log, write_curv
 from dimstudy.study.runner import WORKER_ID
 from dimstudy.study.sweep import apply_params, suggest
 from dimstudy.train import load_checkpoint, train
-from dimstudy.train.checkpoint import read_checkpoint, save_checkpoint
+from dimstudy.train.checkpoint import read_checkpoint
 from dimstudy.train.config import TrainConfig, save_config
 from dimstudy.train.ema import init_share
+from dimstudy.train.files import save_checkpoint
 
 Log = Callable[[str], None]
 

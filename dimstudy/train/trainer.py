@@ -40,21 +40,11 @@ from dimstudy.flops import build_on_meta
 from dimstudy.ops.mixers import kernels_that_ran
 from dimstudy.results import append_row, environment
 from dimstudy.runtime import resolve_device
-from dimstudy.train.checkpoint import (
-    LATEST,
-    CheckpointError,
-    build_model,
-    capture_rng,
-    fit_model_args,
-    load_file,
-    read_resumable,
-    remove_stale_temps,
-    restore_rng,
-    save_checkpoint,
-)
+from dimstudy.train.checkpoint import build_model, capture_rng, fit_model_args, read_resumable, restore_rng
 from dimstudy.train.config import RESUME_MAY_CHANGE, TrainConfig, save_config, standin_model_kwargs
 from dimstudy.train.distributed import StepBatchSampler, all_mean, close_distributed, init_distributed
 from dimstudy.train.ema import EMA, ema_warning, init_share
+from dimstudy.train.files import LATEST, CheckpointError, load_file, remove_stale_temps, save_checkpoint
 
 LOSS_LOG = "loss.jsonl"
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -43,8 +43,8 @@ import torch.nn as nn
 from dimstudy.flops import build_on_meta
 from dimstudy.models.registry import list_models
 from dimstudy.results import environment
-from dimstudy.train.checkpoint import load_checkpoint, load_file, save_checkpoint
 from dimstudy.train.config import TrainConfig
+from dimstudy.train.files import load_file, save_checkpoint
 
 FORMATS = ("dim-public", "dimstudy")
 PUBLIC_EMA_FILE, PUBLIC_RAW_FILE = "nnet_ema.pth", "nnet.pth"
@@ -284,9 +284,10 @@ def import_public(path: str | Path, model: str | None, out: str | Path, **kwargs
             "schedule": state["config"]["schedule"], "source": state["converted_from"]["file"]}
 
 
-def export_public(ckpt: str | Path, out: str | Path, *, ema: bool = True, public_classes: int | None = None) -> dict:
-    """Write a dimstudy checkpoint's weights (EMA by default) as a public DiM state dict (`nnet_ema.pth`)."""
-    model, _ = load_checkpoint(ckpt, ema=ema)
+def export_public(model: nn.Module, out: str | Path, *, public_classes: int | None = None) -> dict:
+    """Write a network's weights (`load_checkpoint`'s, EMA by default) as a public DiM state dict (`nnet_ema.pth`).
+
+    It takes the network, not the checkpoint: `read_checkpoint` reads public files through this module."""
     sd = dimstudy_to_public(model.state_dict(), model, public_classes)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
