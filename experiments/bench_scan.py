@@ -73,7 +73,7 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bwd")):
+def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bwd"), depths=()):
     rows = []
     ex_floor_ms = b * d * n * length / (torch.cuda.get_device_properties(0).multi_processor_count * 16 * BOOST_GHZ * 1e9) * 1e3
     io = 2 * b * length * (3 * d + 2 * n) + 2 * b * length * d  # bf16: u, delta, z, B, C in, y out
@@ -100,14 +100,15 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bw
         floor = (2 if grad else 1) * ex_floor_ms  # backward recomputes the exps once more
         mem = mem_floor_ms * (3 if grad else 1)
         t_m = do_bench(lambda xs=xm: step(mamba_scan, xs), warmup=25, rep=200, return_mode="median")
-        configs = [(None, None, ts.BWD_PREFETCH)]
+        configs = [(None, None, ts.BWD_PREFETCH, ts.FWD_DEPTH)]
+        configs += [(None, None, ts.BWD_PREFETCH, dp) for dp in depths if dp != ts.FWD_DEPTH]
         if sweep and grad:  # the forward keeps its default; (BD, warps) and prefetching apply to the backward
-            configs += [((bd, w), None, pf) for bd in (16, 32, 64) for w in (1, 2) for pf in (True, False)]
+            configs += [((bd, w), None, pf, ts.FWD_DEPTH) for bd in (16, 32, 64) for w in (1, 2) for pf in (True, False)]
         elif sweep:
-            configs += [((bd, w), p, True) for bd in (32, 64) for w in (1, 2) for p in (1, 16, 32, 64)]
-        default_prefetch = ts.BWD_PREFETCH
-        for cfg, parts, prefetch in configs:
-            ts.BLOCK_OVERRIDE, ts.PARTS_OVERRIDE, ts.BWD_PREFETCH = cfg, parts, prefetch
+            configs += [((bd, w), p, True, ts.FWD_DEPTH) for bd in (32, 64) for w in (1, 2) for p in (1, 16, 32, 64)]
+        default_prefetch, default_depth = ts.BWD_PREFETCH, ts.FWD_DEPTH
+        for cfg, parts, prefetch, depth in configs:
+            ts.BLOCK_OVERRIDE, ts.PARTS_OVERRIDE, ts.BWD_PREFETCH, ts.FWD_DEPTH = cfg, parts, prefetch, depth
             if grad and cfg is not None:  # time the backward's config with the default forward
                 os.environ["DIMSTUDY_SCAN_BLOCK_BWD"] = f"{cfg[0]},{cfg[1]}"
                 ts.BLOCK_OVERRIDE = None
@@ -118,20 +119,20 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bw
                 continue
             finally:
                 ts.BLOCK_OVERRIDE = ts.PARTS_OVERRIDE = None
-                ts.BWD_PREFETCH = default_prefetch
+                ts.BWD_PREFETCH, ts.FWD_DEPTH = default_prefetch, default_depth
                 os.environ.pop("DIMSTUDY_SCAN_BLOCK_BWD", None)
             cfg_used = cfg or ts._block_config(b, d, torch.device("cuda"), backward=grad)
             chunk = ts.CHUNK if grad else ts.WALK_CHUNK  # with no gradient to come, nothing is saved
             n_ck = ts._chunking(length, chunk)[0]
             parts_used = parts or ts._parts(b, d, cfg_used[0], n_ck, torch.device("cuda"))
             row = {"shape": name, "mode": mode, "batch": b, "d_inner": d, "d_state": n, "seqlen": length,
-                   "dtype": "bf16", "block_d": cfg_used[0], "num_warps": cfg_used[1], "parts": parts_used, "default_config": cfg is None and parts is None,
-                   "bwd_prefetch": prefetch if grad else None,
+                   "dtype": "bf16", "block_d": cfg_used[0], "num_warps": cfg_used[1], "parts": parts_used, "default_config": cfg is None and parts is None and depth == default_depth,
+                   "bwd_prefetch": prefetch if grad else None, "fwd_depth": depth,
                    "chunk": chunk, "saves_states": grad, "scatter_sums": ts.SCATTER_SUMS, "ms_mamba_ssm": t_m, "ms_triton": t_t, "speedup": t_m / t_t,
                    "floor_exp_ms": floor, "floor_mem_ms": mem, "triton_over_floor": t_t / max(floor, mem),
                    "rel_err_vs_mamba_ssm": err, "copy_tb_s": bw / 1e12, "seed": 0}
             rows.append(row)
-            print(f"{name:26s} {mode:8s} BD {cfg_used[0]:3d} w {cfg_used[1]} p {parts_used:2d} pf {int(prefetch)} "
+            print(f"{name:26s} {mode:8s} BD {cfg_used[0]:3d} w {cfg_used[1]} p {parts_used:2d} pf {int(prefetch)} fd {depth} "
                   f"ck {chunk} sc {int(ts.SCATTER_SUMS)} | mamba-ssm {t_m:8.3f} ms | triton "
                   f"{t_t:8.3f} ms | x{t_m / t_t:5.2f} | floor exp {floor:.3f} mem {mem:.3f} ms | "
                   f"{t_t / max(floor, mem):5.1f}x floor | err {max(err.values()):.1e}", flush=True)
@@ -160,6 +161,8 @@ def summarize(path: str) -> str:
             cfg = f"{r['block_d']}, {r['num_warps']}, {r.get('parts', 1)}" + (" (no prefetch)" if r.get("bwd_prefetch") is False else "")
             if "chunk" in r:  # rows that name the chunk between saved states (and, from 001b9c01da3f, the sums)
                 cfg += f", chunk {r['chunk']}" + ("" if r.get("scatter_sums", True) else ", per-n sums")
+            if r.get("fwd_depth", 1) != 1:
+                cfg += f", {r['fwd_depth']} steps in flight"
             out.append(f"| {sha} | {shape} | {mode} | {label}: {cfg} | {r['ms_mamba_ssm']:.3f} | {r['ms_triton']:.3f} | "
                        f"{r['speedup']:.2f}x | {r['triton_over_floor']:.1f}x |")
     return "\n".join(out)
@@ -170,6 +173,7 @@ def main():
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--sweep", action="store_true", help="time every (BD, warps) config too")
     ap.add_argument("--modes", default="fwd,fwd+bwd", help="which of fwd, fwd+bwd to time")
+    ap.add_argument("--fwd-depths", default="", help="also time the default config at these forward prefetch depths, e.g. 2,3")
     ap.add_argument("--out", default=None, help="append rows to OUT/scan_bench.jsonl")
     ap.add_argument("--summary", metavar="JSONL", help="print the Markdown summary of a rows file and exit")
     args = ap.parse_args()
@@ -183,7 +187,8 @@ def main():
     print(f"{env['gpu']}, torch {env['torch']}, copy {bw / 1e12:.2f} TB/s")
     for name in args.shapes.split(","):
         b, d, n, length, backward = SHAPES[name]
-        for row in bench_shape(name, b, d, n, length, backward, bw, args.sweep, args.modes.split(",")):
+        for row in bench_shape(name, b, d, n, length, backward, bw, args.sweep, args.modes.split(","),
+                               [int(v) for v in args.fwd_depths.split(",") if v]):
             if args.out:
                 append_row("scan_bench", {**row, "kernels": "triton vs mamba-ssm selective_scan_fn", **env}, args.out)
 

@@ -103,6 +103,16 @@ def test_sequence_parts_give_the_same_result(monkeypatch, parts):
     compare(1, 4, 16, 29, seed=7)
 
 
+@pytest.mark.parametrize("depth", [2, 3])
+@pytest.mark.parametrize("parts", [1, 3])
+def test_forward_prefetch_depth_gives_the_same_result(monkeypatch, depth, parts):
+    """Two or three steps' inputs in flight (FWD_DEPTH) equal the reference, with the sequence in one part and
+    in three (a part's look-ahead then reads into the next part), L = 29 not a multiple of anything."""
+    monkeypatch.setattr(ts, "FWD_DEPTH", depth)
+    monkeypatch.setattr(ts, "PARTS_OVERRIDE", parts)
+    compare(1, 4, 16, 29, seed=7)
+
+
 @pytest.mark.parametrize("scatter", [True, False])
 @pytest.mark.parametrize("d,n", [(20, 16), (20, 4), (17, 3)])
 def test_dB_dC_reduce_scatter_and_plain_sums_agree(monkeypatch, scatter, d, n):

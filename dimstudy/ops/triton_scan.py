@@ -125,6 +125,7 @@ def _scan_fwd_kernel(
     BD: tl.constexpr, NP: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     STATE_ONLY: tl.constexpr, FAST_EXP: tl.constexpr, EVEN_N: tl.constexpr, SAVE: tl.constexpr,
+    DEPTH: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -148,16 +149,37 @@ def _scan_fwd_kernel(
     dt_total = tl.zeros([BD], dtype=tl.float32)
     c_lo = pid_p * CPP
     c_hi = tl.minimum(c_lo + CPP, N_CK)
-    nxt = _load_step(c_lo * CK, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
+    # DEPTH steps' inputs in flight: step t computes while steps t + 1 .. t + DEPTH load. A part's last steps
+    # load up to DEPTH steps of the next part, unused; steps past L are masked and read nothing.
+    t0 = c_lo * CK
+    nxt = _load_step(t0, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
                      o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z and not STATE_ONLY)
+    nxt2 = nxt
+    nxt3 = nxt
+    if DEPTH >= 2:
+        nxt2 = _load_step(t0 + 1, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
+                          o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z and not STATE_ONLY)
+    if DEPTH >= 3:
+        nxt3 = _load_step(t0 + 2, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
+                          o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z and not STATE_ONLY)
     for c in range(c_lo, c_hi):
         if SAVE and not STATE_ONLY:
             tl.store(ck_base + c * DIM * NST, h, mask=mask_dn)  # the state entering chunk c
         for i in range(CK):
             t = c * CK + i
             u, dl, Bt, Ct, z = nxt
-            nxt = _load_step(t + 1, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
-                             o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z and not STATE_ONLY)
+            if DEPTH >= 3:
+                nxt = nxt2
+                nxt2 = nxt3
+                nxt3 = _load_step(t + 3, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
+                                  o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z and not STATE_ONLY)
+            elif DEPTH == 2:
+                nxt = nxt2
+                nxt2 = _load_step(t + 2, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
+                                  o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z and not STATE_ONLY)
+            else:
+                nxt = _load_step(t + 1, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
+                                 o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z and not STATE_ONLY)
             dt = _step_dt(dl, bias, t < L, SOFTPLUS)
             a = _exp2(dt[None, :] * A2, FAST_EXP)
             h = a * h + (dt * u)[None, :] * Bt[:, None]
@@ -363,6 +385,8 @@ def _chunking(length: int, chunk: int) -> tuple[int, int]:
 BLOCK_OVERRIDE: tuple[int, int] | None = None  # (BD, warps) for every launch; for tuning sweeps
 BWD_PREFETCH = os.environ.get("DIMSTUDY_SCAN_BWD_PREFETCH", "1") == "1"  # load step t - 1 during step t
 SCATTER_SUMS = os.environ.get("DIMSTUDY_SCAN_SCATTER", "1") == "1"  # dB, dC by reduce-scatter (see _sum_over_d)
+# Steps whose inputs the forward has in flight while one computes (1-3; more costs ~35 registers a step).
+FWD_DEPTH = int(os.environ.get("DIMSTUDY_SCAN_FWD_DEPTH", "1"))
 
 
 def _block_config(batch: int, dim: int, device: torch.device, backward: bool = False) -> tuple[int, int]:
@@ -456,7 +480,7 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     np_ = _padded_n(n)
     common = dict(BD=bd, NP=np_, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=delta_softplus, FAST_EXP=_fast_exp(u), EVEN_N=np_ == n, SAVE=chunk > 0,
-                  num_warps=warps)
+                  DEPTH=FWD_DEPTH, num_warps=warps)
     args = (u, delta, A, B, C, u if D is None else D, zz, u if delta_bias is None else delta_bias,
             y, last, saved, ends, dtsums, length, d, n, n_ck, ck, cpp, n_part, *_strides(u, delta, B, C, zz, y))
     if n_part > 1:
