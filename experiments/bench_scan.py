@@ -100,8 +100,8 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bw
         floor = (2 if grad else 1) * ex_floor_ms  # backward recomputes the exps once more
         mem = mem_floor_ms * (3 if grad else 1)
         t_m = do_bench(lambda xs=xm: step(mamba_scan, xs), warmup=25, rep=200, return_mode="median")
-        configs = [(None, None, ts.BWD_PREFETCH, ts.FWD_DEPTH)]
-        configs += [(None, None, ts.BWD_PREFETCH, dp) for dp in depths if dp != ts.FWD_DEPTH]
+        configs = [(None, None, ts.BWD_PREFETCH, ts.FWD_DEPTH)]  # FWD_DEPTH None: the forward picks
+        configs += [(None, None, ts.BWD_PREFETCH, dp) for dp in depths]
         if sweep and grad:  # the forward keeps its default; (BD, warps) and prefetching apply to the backward
             configs += [((bd, w), None, pf, ts.FWD_DEPTH) for bd in (16, 32, 64) for w in (1, 2) for pf in (True, False)]
         elif sweep:
@@ -125,14 +125,15 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bw
             chunk = ts.CHUNK if grad else ts.WALK_CHUNK  # with no gradient to come, nothing is saved
             n_ck = ts._chunking(length, chunk)[0]
             parts_used = parts or ts._parts(b, d, cfg_used[0], n_ck, torch.device("cuda"))
+            fwd_depth = depth or ts._fwd_depth(b, d, cfg_used[0], torch.device("cuda"))
             row = {"shape": name, "mode": mode, "batch": b, "d_inner": d, "d_state": n, "seqlen": length,
-                   "dtype": "bf16", "block_d": cfg_used[0], "num_warps": cfg_used[1], "parts": parts_used, "default_config": cfg is None and parts is None and depth == default_depth,
-                   "bwd_prefetch": prefetch if grad else None, "fwd_depth": depth,
+                   "dtype": "bf16", "block_d": cfg_used[0], "num_warps": cfg_used[1], "parts": parts_used, "default_config": cfg is None and parts is None and depth is None,
+                   "bwd_prefetch": prefetch if grad else None, "fwd_depth": fwd_depth,
                    "chunk": chunk, "saves_states": grad, "scatter_sums": ts.SCATTER_SUMS, "ms_mamba_ssm": t_m, "ms_triton": t_t, "speedup": t_m / t_t,
                    "floor_exp_ms": floor, "floor_mem_ms": mem, "triton_over_floor": t_t / max(floor, mem),
                    "rel_err_vs_mamba_ssm": err, "copy_tb_s": bw / 1e12, "seed": 0}
             rows.append(row)
-            print(f"{name:26s} {mode:8s} BD {cfg_used[0]:3d} w {cfg_used[1]} p {parts_used:2d} pf {int(prefetch)} fd {depth} "
+            print(f"{name:26s} {mode:8s} BD {cfg_used[0]:3d} w {cfg_used[1]} p {parts_used:2d} pf {int(prefetch)} fd {fwd_depth} "
                   f"ck {chunk} sc {int(ts.SCATTER_SUMS)} | mamba-ssm {t_m:8.3f} ms | triton "
                   f"{t_t:8.3f} ms | x{t_m / t_t:5.2f} | floor exp {floor:.3f} mem {mem:.3f} ms | "
                   f"{t_t / max(floor, mem):5.1f}x floor | err {max(err.values()):.1e}", flush=True)
@@ -173,7 +174,7 @@ def main():
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--sweep", action="store_true", help="time every (BD, warps) config too")
     ap.add_argument("--modes", default="fwd,fwd+bwd", help="which of fwd, fwd+bwd to time")
-    ap.add_argument("--fwd-depths", default="", help="also time the default config at these forward prefetch depths, e.g. 2,3")
+    ap.add_argument("--fwd-depths", default="", help="also time the default config at these forward prefetch depths (steps in flight), e.g. 1,2,3")
     ap.add_argument("--out", default=None, help="append rows to OUT/scan_bench.jsonl")
     ap.add_argument("--summary", metavar="JSONL", help="print the Markdown summary of a rows file and exit")
     args = ap.parse_args()

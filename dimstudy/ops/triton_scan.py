@@ -385,8 +385,22 @@ def _chunking(length: int, chunk: int) -> tuple[int, int]:
 BLOCK_OVERRIDE: tuple[int, int] | None = None  # (BD, warps) for every launch; for tuning sweeps
 BWD_PREFETCH = os.environ.get("DIMSTUDY_SCAN_BWD_PREFETCH", "1") == "1"  # load step t - 1 during step t
 SCATTER_SUMS = os.environ.get("DIMSTUDY_SCAN_SCATTER", "1") == "1"  # dB, dC by reduce-scatter (see _sum_over_d)
-# Steps whose inputs the forward has in flight while one computes (1-3; more costs ~35 registers a step).
-FWD_DEPTH = int(os.environ.get("DIMSTUDY_SCAN_FWD_DEPTH", "1"))
+# Steps whose inputs the forward has in flight while one computes (1-3; each costs ~35 registers a lane).
+# None: _fwd_depth decides; DIMSTUDY_SCAN_FWD_DEPTH fixes it for tuning runs.
+FWD_DEPTH: int | None = int(os.environ["DIMSTUDY_SCAN_FWD_DEPTH"]) if os.environ.get("DIMSTUDY_SCAN_FWD_DEPTH") else None
+
+
+def _fwd_depth(batch: int, dim: int, bd: int, device: torch.device) -> int:
+    """3 steps in flight when batch x channel blocks is smaller than the GPU (DiM-H/2 at batch 1: few
+    programs per multiprocessor, each step waiting on its loads), else 1 (more warps hide the latency, and the
+    extra registers cost occupancy). H200, results/scan-bench/ v6: batch 1 at 1024 px 0.347 -> 0.303 ms with
+    3, batch 8 1.736 -> 1.809 ms and the training forward 0.456 -> 0.478 ms."""
+    if FWD_DEPTH is not None:
+        return FWD_DEPTH
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return 3 if batch * triton.cdiv(dim, bd) < sms else 1
 
 
 def _block_config(batch: int, dim: int, device: torch.device, backward: bool = False) -> tuple[int, int]:
@@ -480,7 +494,7 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     np_ = _padded_n(n)
     common = dict(BD=bd, NP=np_, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=delta_softplus, FAST_EXP=_fast_exp(u), EVEN_N=np_ == n, SAVE=chunk > 0,
-                  DEPTH=FWD_DEPTH, num_warps=warps)
+                  DEPTH=_fwd_depth(b, d, bd, u.device), num_warps=warps)
     args = (u, delta, A, B, C, u if D is None else D, zz, u if delta_bias is None else delta_bias,
             y, last, saved, ends, dtsums, length, d, n, n_ck, ck, cpp, n_part, *_strides(u, delta, B, C, zz, y))
     if n_part > 1:
