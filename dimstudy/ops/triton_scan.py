@@ -168,18 +168,17 @@ def _scan_fwd_kernel(
         for i in range(CK):
             t = c * CK + i
             u, dl, Bt, Ct, z = nxt
-            if DEPTH >= 3:
+            ahead = _load_step(t + DEPTH, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
+                               o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z and not STATE_ONLY)
+            if DEPTH >= 3:  # shift the queue of loaded steps by one
                 nxt = nxt2
                 nxt2 = nxt3
-                nxt3 = _load_step(t + 3, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
-                                  o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z and not STATE_ONLY)
+                nxt3 = ahead
             elif DEPTH == 2:
                 nxt = nxt2
-                nxt2 = _load_step(t + 2, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
-                                  o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z and not STATE_ONLY)
+                nxt2 = ahead
             else:
-                nxt = _load_step(t + 1, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
-                                 o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z and not STATE_ONLY)
+                nxt = ahead
             dt = _step_dt(dl, bias, t < L, SOFTPLUS)
             a = _exp2(dt[None, :] * A2, FAST_EXP)
             h = a * h + (dt * u)[None, :] * Bt[:, None]
