@@ -22,7 +22,8 @@ from dimstudy.models.registry import create_model
 from dimstudy.ops.mixers import kernels_that_ran
 from dimstudy.results import append_row, environment
 
-NETWORKS = {"study (13 x 256)": ("dim_s_2", {"depth": 13, "dim": 256}), "dim_s_2": ("dim_s_2", {})}
+# --networks name: (row label, model, model kwargs)
+NETWORKS = {"study": ("study (13 x 256)", "dim_s_2", {"depth": 13, "dim": 256}), "dim_s_2": ("dim_s_2", "dim_s_2", {})}
 
 
 def images_per_s(model, n: int, batch: int, steps: int, graphs: bool) -> tuple[float, torch.Tensor]:
@@ -42,9 +43,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="images per measurement")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--networks", default=",".join(NETWORKS), help="which networks, comma-separated: " + ", ".join(NETWORKS))
     ap.add_argument("--out", default=None, help="results directory for the rows (sampling.jsonl)")
     args = ap.parse_args()
-    for label, (name, kw) in NETWORKS.items():
+    chosen = [n.strip() for n in args.networks.split(",")]
+    unknown = [n for n in chosen if n not in NETWORKS]
+    if unknown:
+        ap.error(f"unknown network {unknown[0]!r}; choose from: {', '.join(NETWORKS)}")
+    for key in chosen:
+        label, name, kw = NETWORKS[key]
         torch.manual_seed(0)
         model = create_model(name, **kw).cuda().eval()
         for batch in (int(b) for b in args.batch.split(",")):
