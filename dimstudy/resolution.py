@@ -132,17 +132,23 @@ def load_at_resolution(
 
     `resolution` is in the units of the source config's `resolution` (pixels); the network's img_size scales
     by the same factor (so latent models scale their latent side). EMA weights by default, as the paper's
-    fine-tune starts from. `model` / `model_kwargs` override the source's (a mismatch then says what differs).
+    fine-tune starts from. `model`, when given, must be the source's own (weak-to-strong changes the resolution,
+    not the network), else a ValueError names both before any weights are used; `model_kwargs` override the
+    source's (a mismatch then says what differs).
     """
     raw = read_checkpoint(ckpt)
+    source = str(checkpoint_path(ckpt))
+    name = raw["model_args"]["name"]
+    if model is not None and model != name:
+        raise ValueError(f"--model {model} does not match the checkpoint's model {name} ({source}); "
+                         f"leave --model out to fine-tune {name}")
     cfg = TrainConfig.from_dict(raw["config"])
     new_res = target_side(cfg.resolution, resolution, scale)
     img = raw["model_args"]["kwargs"]["img_size"] * new_res / cfg.resolution
     if img != int(img):
         raise ValueError(f"{new_res} px is not a whole network size for a model trained at {cfg.resolution} px")
-    source = str(checkpoint_path(ckpt))
     weights = raw["ema"]["module"] if ema else raw["model"]
-    args = {"name": model or raw["model_args"]["name"],
+    args = {"name": name,
             "kwargs": {**raw["model_args"]["kwargs"], **(model_kwargs or {}), "img_size": int(img)}}
     args = fit_model_args(args, weights, cfg.schedule, source)
     net = build_model(args)

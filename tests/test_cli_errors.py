@@ -96,7 +96,8 @@ def _cases():
         (["fid", "{r}/no-such-folder", "--dataset", "digits"], "samples: {r}/no-such-folder is neither a folder of "
                                                               "images nor an .npz file"),
         (["finetune", "--from", "{r}/run", "--scale", "2", "--model", "mamba_tiny_2", "--out", "{r}/ft"],
-         "{r}/run/latest.pt does not fit mamba_tiny_2 at img_size 32: unexpected: separators, pad_tokens"),
+         "--model mamba_tiny_2 does not match the checkpoint's model dim_tiny_2 ({r}/run/latest.pt); leave --model "
+         "out to fine-tune dim_tiny_2\n"),
         pytest.param(["sample", "--ckpt", "{r}/run", "--device", "cuda"], "--device cuda asked for, but ",
                      marks=no_cuda, id="sample-cuda"),
         pytest.param(["train", *TINY, "--device", "cuda", "--out", "{r}/new"], "--device cuda asked for, but ",
@@ -145,6 +146,10 @@ def _untouchable(monkeypatch):
     (["fid", "--ckpt", "{r}/run", "--sampler", "nope", "--dataset", "digits"], "unknown sampler 'nope'; valid choices: "),
     (["fid", "{r}/one", "--dataset", "nope"], "unknown dataset 'nope'; valid choices: cifar10, digits, folder, latents, "
                                               "photos (or a folder of images, or an .npz file)"),
+    # the run's kwargs carry its width and depth: dim_s_2 used to be rebuilt as this tiny network and trained
+    (["finetune", "--from", "{r}/run", "--scale", "2", "--model", "dim_s_2", "--steps", "1", "--out", "{r}/new"],
+     "--model dim_s_2 does not match the checkpoint's model dim_tiny_2 ({r}/run/latest.pt); leave --model out to "
+     "fine-tune dim_tiny_2\n"),
 ])
 def test_bad_input_is_reported_before_data_or_weights_are_touched(files, monkeypatch, args, message):
     _untouchable(monkeypatch)

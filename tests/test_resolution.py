@@ -242,12 +242,13 @@ def cli():
     return CliRunner(), app
 
 
-def test_cli_finetune_runs_a_few_steps_from_a_tiny_checkpoint(cli, low_ckpt, tmp_path):
+@pytest.mark.parametrize("model", [[], ["--model", "dim_tiny_2"]], ids=["default", "its-own-model"])
+def test_cli_finetune_runs_a_few_steps_from_a_tiny_checkpoint(cli, low_ckpt, tmp_path, model):
     runner, app = cli
     out = tmp_path / "ft"
     result = runner.invoke(app, ["finetune", "--from", str(low_ckpt), "--resolution", "16", "--steps", "2",
                                  "--batch-size", "4", "--warmup-steps", "0", "--num-workers", "0", "--device", "cpu",
-                                 "--out", str(out), "--no-progress", "--set", "grad_clip=1.0"])
+                                 "--out", str(out), "--no-progress", "--set", "grad_clip=1.0", *model])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["steps"] == 2
     cfg = read_checkpoint(out)["config"]

@@ -31,8 +31,8 @@ def register(app: typer.Typer) -> None:
         ema_decay: Annotated[float | None, typer.Option(help="EMA decay (default: the source run's).")] = None,
         dataset: Annotated[str | None, typer.Option(help="High-resolution data (default: the source run's).")] = None,
         data_dir: Annotated[str | None, typer.Option(help="Where that dataset lives.")] = None,
-        model: Annotated[str | None, typer.Option(help="Network to load into (default: the checkpoint's); "
-                                                  "one that does not fit is refused, naming the keys.")] = None,
+        model: Annotated[str | None, typer.Option(help="The checkpoint's model (the default); another one is "
+                                                  "refused, naming both: weak-to-strong keeps the network.")] = None,
         ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Start from the EMA weights (the paper's choice).")] = True,
         out: Annotated[str | None, typer.Option(help="Run directory (default: runs/<source run>-ft<R>px).")] = None,
         seed: Annotated[int | None, typer.Option(help="Seed of data order and noise.")] = None,
