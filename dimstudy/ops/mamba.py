@@ -10,7 +10,8 @@ Which path runs is decided per call from `scan_backend` and the input's device (
 moved to CUDA picks the kernels) and recorded in `last_backend`:
 
     "cuda-fused"    mamba-ssm's `mamba_inner_fn` (conv, projections and scan in one autograd function)
-    "cuda-unfused"  mamba-ssm's `selective_scan_fn`, causal-conv1d's conv when installed
+    "cuda-unfused"  mamba-ssm's `selective_scan_fn`, causal-conv1d's conv when installed; also what
+                    torch.compile traces on "cuda", through custom ops (dimstudy.ops.cuda_scan): no graph break
     "triton"        dimstudy's Triton conv and scan, on the (B, L, d) layout the projections give (no copies)
     "torch-chunked" / "ref"   the PyTorch scans of dimstudy.ops.selective_scan
 """
@@ -148,7 +149,10 @@ class Mamba(nn.Module):
             xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
 
-        if backend == "cuda" and self.use_fused and fused_mamba_available():
+        # mamba_inner_fn's autograd.Function would break a torch.compile graph: compiled, take the unfused path,
+        # whose conv (causal-conv1d >= 1.7) and scan (dimstudy.ops.cuda_scan) are custom ops
+        fused = self.use_fused and fused_mamba_available() and not torch.compiler.is_compiling()
+        if backend == "cuda" and fused:
             out = mamba_inner_fn(
                 xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                 self.out_proj.weight, self.out_proj.bias, A, B=None, C=None, D=self.D.float(),

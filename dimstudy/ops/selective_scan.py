@@ -340,7 +340,17 @@ def get_selective_scan(name: str = "auto", device: torch.device | str | None = N
         from dimstudy.ops.triton_scan import selective_scan_triton
 
         return selective_scan_triton
-    return {"cuda": selective_scan_fn, "torch": selective_scan_torch, "ref": selective_scan_ref}[name]
+    return {"cuda": _selective_scan_cuda, "torch": selective_scan_torch, "ref": selective_scan_ref}[name]
+
+
+def _selective_scan_cuda(*args, **kwargs):
+    """mamba-ssm's kernel: its own `selective_scan_fn` in eager code; the same kernel through dimstudy's custom
+    ops (`dimstudy.ops.cuda_scan`) while torch.compile traces, where the autograd.Function would break the graph."""
+    if torch.compiler.is_compiling():
+        from dimstudy.ops.cuda_scan import selective_scan_cuda_op
+
+        return selective_scan_cuda_op(*args, **kwargs)
+    return selective_scan_fn(*args, **kwargs)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

@@ -98,11 +98,27 @@ def test_dim_s_2_forward_and_backward_agree_with_torch_backend(autocast, tol_out
         assert out_err < tol_out and grad_err < tol_grad, (other, out_err, grad_err)
 
 
-def test_compiled_dim_block_matches_eager():
+@needs_mamba_ssm
+@pytest.mark.parametrize("b,d,length", [(1, 3072, 4496), (16, 1024, 368)])
+def test_mamba_ssm_kernel_through_custom_ops_equals_its_own_function(b, d, length):
+    """dimstudy.ops.cuda_scan runs the same kernel as selective_scan_fn: equal outputs, last state, gradients."""
+    from dimstudy.ops.cuda_scan import selective_scan_cuda_op
+
+    x = dim_inputs(b, d, 16, length, torch.bfloat16, "bld")
+    y, last, g = with_grads(selective_scan_cuda_op, x)
+    y_r, last_r, g_r = with_grads(selective_scan_fn, x)
+    errs = {"y": rel_err(y, y_r), "last": rel_err(last, last_r), **{k: rel_err(g[k], g_r[k]) for k in NAMES}}
+    print(errs)
+    assert all(v < 1e-6 for v in errs.values()), errs
+
+
+@pytest.mark.parametrize("backend", ["triton", pytest.param("cuda", marks=needs_mamba_ssm)])
+def test_compiled_dim_block_matches_eager(backend):
     """torch.compile(fullgraph=True) with inductor: the block's norms, adaLN and projections compile around
-    the scan and conv custom ops, with no graph break, and the result equals eager."""
+    the scan and conv custom ops (dimstudy's Triton ones, or mamba-ssm's scan and causal-conv1d's conv), with
+    no graph break, and the result equals eager (which on "cuda" runs mamba_inner_fn)."""
     torch.manual_seed(0)
-    model = create_model("dim_s_2", scan_backend="triton").cuda()
+    model = create_model("dim_s_2", scan_backend=backend).cuda()
     block = model.blocks[-1]  # a decoder block: long-skip fusion, norm, adaLN, mixer, gate
     assert block.skip_linear is not None
     g = torch.Generator(device="cuda").manual_seed(0)
