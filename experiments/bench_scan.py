@@ -73,7 +73,7 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bwd"), depths=()):
+def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bwd"), depths=(), caps=()):
     rows = []
     ex_floor_ms = b * d * n * length / (torch.cuda.get_device_properties(0).multi_processor_count * 16 * BOOST_GHZ * 1e9) * 1e3
     io = 2 * b * length * (3 * d + 2 * n) + 2 * b * length * d  # bf16: u, delta, z, B, C in, y out
@@ -100,15 +100,22 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bw
         floor = (2 if grad else 1) * ex_floor_ms  # backward recomputes the exps once more
         mem = mem_floor_ms * (3 if grad else 1)
         t_m = do_bench(lambda xs=xm: step(mamba_scan, xs), warmup=25, rep=200, return_mode="median")
-        configs = [(None, None, ts.BWD_PREFETCH, ts.FWD_DEPTH)]  # FWD_DEPTH None: the forward picks
-        configs += [(None, None, ts.BWD_PREFETCH, dp) for dp in depths]
+        # (BD, warps), parts, backward prefetch, forward depth, register cap (of the backward when timing
+        # fwd+bwd, else of the forward)
+        configs = [(None, None, ts.BWD_PREFETCH, ts.FWD_DEPTH, None)]  # FWD_DEPTH None: the forward picks
+        configs += [(None, None, ts.BWD_PREFETCH, dp, None) for dp in depths]
+        configs += [(None, None, ts.BWD_PREFETCH, ts.FWD_DEPTH, cap) for cap in caps]
         if sweep and grad:  # the forward keeps its default; (BD, warps) and prefetching apply to the backward
-            configs += [((bd, w), None, pf, ts.FWD_DEPTH) for bd in (16, 32, 64) for w in (1, 2) for pf in (True, False)]
+            configs += [((bd, w), None, pf, ts.FWD_DEPTH, None) for bd in (16, 32, 64) for w in (1, 2) for pf in (True, False)]
         elif sweep:
-            configs += [((bd, w), p, True, ts.FWD_DEPTH) for bd in (32, 64) for w in (1, 2) for p in (1, 16, 32, 64)]
+            configs += [((bd, w), p, True, ts.FWD_DEPTH, None) for bd in (32, 64) for w in (1, 2) for p in (1, 16, 32, 64)]
         default_prefetch, default_depth = ts.BWD_PREFETCH, ts.FWD_DEPTH
-        for cfg, parts, prefetch, depth in configs:
+        for cfg, parts, prefetch, depth, cap in configs:
             ts.BLOCK_OVERRIDE, ts.PARTS_OVERRIDE, ts.BWD_PREFETCH, ts.FWD_DEPTH = cfg, parts, prefetch, depth
+            if grad:
+                ts.BWD_MAXNREG = cap
+            else:
+                ts.FWD_MAXNREG = cap
             if grad and cfg is not None:  # time the backward's config with the default forward
                 os.environ["DIMSTUDY_SCAN_BLOCK_BWD"] = f"{cfg[0]},{cfg[1]}"
                 ts.BLOCK_OVERRIDE = None
@@ -120,6 +127,7 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bw
             finally:
                 ts.BLOCK_OVERRIDE = ts.PARTS_OVERRIDE = None
                 ts.BWD_PREFETCH, ts.FWD_DEPTH = default_prefetch, default_depth
+                ts.FWD_MAXNREG = ts.BWD_MAXNREG = None
                 os.environ.pop("DIMSTUDY_SCAN_BLOCK_BWD", None)
             cfg_used = cfg or ts._block_config(b, d, torch.device("cuda"), backward=grad)
             chunk = ts.CHUNK if grad else ts.WALK_CHUNK  # with no gradient to come, nothing is saved
@@ -127,14 +135,15 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bw
             parts_used = parts or ts._parts(b, d, cfg_used[0], n_ck, torch.device("cuda"))
             fwd_depth = depth or ts._fwd_depth(b, d, cfg_used[0], torch.device("cuda"))
             row = {"shape": name, "mode": mode, "batch": b, "d_inner": d, "d_state": n, "seqlen": length,
-                   "dtype": "bf16", "block_d": cfg_used[0], "num_warps": cfg_used[1], "parts": parts_used, "default_config": cfg is None and parts is None and depth is None,
+                   "dtype": "bf16", "block_d": cfg_used[0], "num_warps": cfg_used[1], "parts": parts_used, "default_config": cfg is None and parts is None and depth is None and cap is None,
+                   "maxnreg": cap,
                    "bwd_prefetch": prefetch if grad else None, "fwd_depth": fwd_depth,
                    "chunk": chunk, "saves_states": grad, "scatter_sums": ts.SCATTER_SUMS, "ms_mamba_ssm": t_m, "ms_triton": t_t, "speedup": t_m / t_t,
                    "floor_exp_ms": floor, "floor_mem_ms": mem, "triton_over_floor": t_t / max(floor, mem),
                    "rel_err_vs_mamba_ssm": err, "copy_tb_s": bw / 1e12, "seed": 0}
             rows.append(row)
             print(f"{name:26s} {mode:8s} BD {cfg_used[0]:3d} w {cfg_used[1]} p {parts_used:2d} pf {int(prefetch)} fd {fwd_depth} "
-                  f"ck {chunk} sc {int(ts.SCATTER_SUMS)} | mamba-ssm {t_m:8.3f} ms | triton "
+                  f"ck {chunk} sc {int(ts.SCATTER_SUMS)} reg {cap or '-'} | mamba-ssm {t_m:8.3f} ms | triton "
                   f"{t_t:8.3f} ms | x{t_m / t_t:5.2f} | floor exp {floor:.3f} mem {mem:.3f} ms | "
                   f"{t_t / max(floor, mem):5.1f}x floor | err {max(err.values()):.1e}", flush=True)
     return rows
@@ -175,6 +184,7 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="time every (BD, warps) config too")
     ap.add_argument("--modes", default="fwd,fwd+bwd", help="which of fwd, fwd+bwd to time")
     ap.add_argument("--fwd-depths", default="", help="also time the default config at these forward prefetch depths (steps in flight), e.g. 1,2,3")
+    ap.add_argument("--maxnreg", default="", help="also time the default config with its kernel capped at these registers a lane (the backward's in fwd+bwd), e.g. 128,168")
     ap.add_argument("--out", default=None, help="append rows to OUT/scan_bench.jsonl")
     ap.add_argument("--summary", metavar="JSONL", help="print the Markdown summary of a rows file and exit")
     args = ap.parse_args()
@@ -189,7 +199,8 @@ def main():
     for name in args.shapes.split(","):
         b, d, n, length, backward = SHAPES[name]
         for row in bench_shape(name, b, d, n, length, backward, bw, args.sweep, args.modes.split(","),
-                               [int(v) for v in args.fwd_depths.split(",") if v]):
+                               [int(v) for v in args.fwd_depths.split(",") if v],
+                               [int(v) for v in args.maxnreg.split(",") if v]):
             if args.out:
                 append_row("scan_bench", {**row, "kernels": "triton vs mamba-ssm selective_scan_fn", **env}, args.out)
 

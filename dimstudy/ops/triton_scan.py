@@ -389,6 +389,18 @@ SCATTER_SUMS = os.environ.get("DIMSTUDY_SCAN_SCATTER", "1") == "1"  # dB, dC by 
 FWD_DEPTH: int | None = int(os.environ["DIMSTUDY_SCAN_FWD_DEPTH"]) if os.environ.get("DIMSTUDY_SCAN_FWD_DEPTH") else None
 
 
+# The most registers a lane may hold (ptx .maxnreg), per kernel; None leaves it to the compiler, which gives the
+# backward 255 a lane, so 8 one-warp programs a multiprocessor. A cap trades spills for resident warps; for
+# tuning runs (DIMSTUDY_SCAN_FWD_MAXNREG / _BWD_MAXNREG, experiments/bench_scan.py --maxnreg), not yet measured.
+FWD_MAXNREG: int | None = int(os.environ["DIMSTUDY_SCAN_FWD_MAXNREG"]) if os.environ.get("DIMSTUDY_SCAN_FWD_MAXNREG") else None
+BWD_MAXNREG: int | None = int(os.environ["DIMSTUDY_SCAN_BWD_MAXNREG"]) if os.environ.get("DIMSTUDY_SCAN_BWD_MAXNREG") else None
+
+
+def _register_cap(cap: int | None) -> dict:
+    """Launch options for a register cap (none when uncapped; the interpreter ignores them)."""
+    return {"maxnreg": cap} if cap else {}
+
+
 def _fwd_depth(batch: int, dim: int, bd: int, device: torch.device) -> int:
     """3 steps in flight when batch x channel blocks is smaller than the GPU (DiM-H/2 at batch 1: few
     programs per multiprocessor, each step waiting on its loads), else 1 (more warps hide the latency, and the
@@ -493,7 +505,7 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     np_ = _padded_n(n)
     common = dict(BD=bd, NP=np_, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=delta_softplus, FAST_EXP=_fast_exp(u), EVEN_N=np_ == n, SAVE=chunk > 0,
-                  DEPTH=_fwd_depth(b, d, bd, u.device), num_warps=warps)
+                  DEPTH=_fwd_depth(b, d, bd, u.device), num_warps=warps, **_register_cap(FWD_MAXNREG))
     args = (u, delta, A, B, C, u if D is None else D, zz, u if delta_bias is None else delta_bias,
             y, last, saved, ends, dtsums, length, d, n, n_ck, ck, cpp, n_part, *_strides(u, delta, B, C, zz, y))
     if n_part > 1:
@@ -530,7 +542,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, gr
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_GLAST=grad_last is not None, FAST_EXP=_fast_exp(u), EVEN_N=np_ == n, PREFETCH=BWD_PREFETCH,
         LOG_N=np_.bit_length() - 1 if SCATTER_SUMS and np_ <= bd else 0, LOG_BD=bd.bit_length() - 1,
-        num_warps=warps,
+        num_warps=warps, **_register_cap(BWD_MAXNREG),
     )
     dB = dB_part.sum(0).transpose(1, 2).to(B.dtype)  # (b, n, l)
     dC = dC_part.sum(0).transpose(1, 2).to(C.dtype)
