@@ -1,11 +1,13 @@
 """The report: Tab. 4/6/1 tables (Markdown, LaTeX, CSV) from synthetic rows with known mean ± std, and the plots."""
 
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import typer
+from PIL import Image
 from typer.testing import CliRunner
 
 from dimstudy.cli import study as study_cli
@@ -303,6 +305,20 @@ def test_a_study_report_shows_the_resolution_studies_of_its_own_runs_only(result
     assert "## Resolution" in text and "| mine |" in text and "| theirs |" not in text  # same run, other runs root
     assert build.resolution_section(results, results / "out") is not None  # no filter: every row
     assert build.resolution_section(results, results / "out", {"runs/nowhere"}) is None
+
+
+def test_a_report_written_elsewhere_links_every_image_relative_to_its_own_folder(results, tmp_path):
+    """`report --out DIR` outside the study folder: the links worked only on this machine (absolute) before."""
+    study_dir = results / "syn"
+    (study_dir / "grids").mkdir()
+    Image.new("RGB", (4, 4)).save(study_dir / "grids" / "full-seed0.png")
+    write_row(row(make_variant(()), 0, 10.0, study_dir, minute=9, grid="grids/full-seed0.png"), study_dir)
+    path = build.build_report(results, "syn", tmp_path / "elsewhere" / "report", log=lambda s: None)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", path.read_text())
+    assert links == ["fid_tab4.png", "fid_tab6.png", "loss_curves.png", "../../results/syn/grids/full-seed0.png"]
+    assert all((path.parent / link).is_file() for link in links)
+    inside = build.build_report(results, "syn", log=lambda s: None).read_text()  # the default place, as committed
+    assert "![full](../grids/full-seed0.png)" in inside
 
 
 def _speed_rows(root: Path, sweep: str, dim_ms=(2.0, 3.0), gpu: str = "FakeGPU") -> None:

@@ -275,7 +275,8 @@ def register(app: typer.Typer) -> None:
     def report_cmd(
         study: Annotated[str | None, typer.Option("--study", help="Study name (default: every study under RESULTS).")] = None,
         results: Annotated[str, typer.Option("--results", help="Results root.")] = "results",
-        out: Annotated[str | None, typer.Option(help="Output directory (default RESULTS/STUDY/report).")] = None,
+        out: Annotated[str | None, typer.Option(help="Output directory (default RESULTS/STUDY/report); its README.md links "
+                                                 "every image by a path relative to that directory.")] = None,
         storage: Annotated[str | None, typer.Option(help="First gather the rows that workers on other machines "
                                                     "stored in this Optuna storage (needs --study).")] = None,
         speed_sweep: Annotated[str | None, typer.Option(help="Add this speed sweep's Fig. 3 section: a folder under "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def build_report(results_dir: str | Path = "results", study: str | None = None, 
         raise FileNotFoundError(f"no rows for study {study!r}: {results_dir / study / 'runs.jsonl'} is missing or empty")
     out = Path(out_dir) if out_dir else results_dir / study / "report"
     out.mkdir(parents=True, exist_ok=True)
-    rel_study = Path("..") if out_dir is None else Path(results_dir / study).resolve()
+    # image links relative to the README's folder, so a report (wherever --out put it) moves and commits as it is
+    rel_study = Path(os.path.relpath((results_dir / study).resolve(), out.resolve()))
 
     sections = [header(df, study), tab4_section(df, out), tab6_section(df, out), sweep_section(df, out)]
     sections.append(loss_section(df, out, results_dir / study))
