@@ -74,6 +74,11 @@ def _cases():
         (["train", *TINY, "--lr", "-1", "--out", "{r}/new"], "--lr must be >= 0, got -1.0"),
         (["train", *TINY, "--out", "{r}/a_file/run"], "--out {r}/a_file/run must be a directory, but {r}/a_file is a file"),
         (["train", "--preset", "nope", "--out", "{r}/new"], "unknown preset 'nope'; valid choices: "),
+        (["train", *TINY, "--set", "init_from={r}/notes.txt", "--out", "{r}/new"],
+         "init_from: {r}/notes.txt is not a readable checkpoint: a text file of 17 bytes; it takes a state dict (what "
+         "`dimstudy finetune` writes as init.pt), a dimstudy checkpoint or run directory, or a public DiM checkpoint\n"),
+        (["train", *TINY, "--set", "init_from={r}/state_dict.pt", "--out", "{r}/new"],
+         "init_from {r}/state_dict.pt does not fit dim_tiny_2 at img_size 16: missing: pos_embed, "),
         (["train", *TINY, "--dataset", "folder", "--data-dir", "{r}/images", "--out", "{r}/new"],
          "1 of 1 images under {r}/images cannot be read: broken.png (UnidentifiedImageError)"),
         (["train", *TINY, "--skip-unreadable", "--out", "{r}/new"], "--skip-unreadable applies to the folder dataset, "

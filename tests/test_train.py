@@ -119,6 +119,23 @@ def test_load_checkpoint_gives_ema_weights_by_default(tiny_run):
     assert eps.shape == (2, 3, 16, 16) and torch.isfinite(eps).all()
 
 
+@pytest.mark.parametrize("source", ["run directory", "checkpoint file", "state dict"])
+def test_init_from_takes_a_state_dict_as_it_is_and_a_checkpoints_ema_weights(tiny_run, tmp_path, source):
+    """A full checkpoint was refused as 'not a state dict of tensors'; it now starts the run from its EMA weights."""
+    run, _ = tiny_run
+    ckpt = read_checkpoint(run)
+    ema, raw = ckpt["ema"]["module"], ckpt["model"]
+    assert not all(torch.equal(ema[k], raw[k]) for k in raw)  # so the test can tell which ones were taken
+    path = {"run directory": run, "checkpoint file": run / "latest.pt", "state dict": tmp_path / "init.pt"}[source]
+    if source == "state dict":
+        save_checkpoint(raw, path)
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=1, lr=0.0, init_from=str(path)), progress=False)  # lr 0: the start stays as it was
+    start = read_checkpoint(out)["model"]
+    expected = raw if source == "state dict" else ema
+    assert start.keys() == expected.keys() and all(torch.equal(start[k], v) for k, v in expected.items())
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_class_conditional_mixed_precision_run_samples_with_guidance(tmp_path, precision):
     summary = train(tiny_config(tmp_path, "uvit_tiny_2", steps=2, class_cond=True, precision=precision), progress=False)

@@ -116,6 +116,7 @@ def register(app: typer.Typer) -> None:
         or --dataset names other data), a preset and flags override them.
 
         Resuming continues the same run exactly (weights, EMA, AdamW, LR schedule, data order, RNG).
+        --set init_from=RUN starts from another run's EMA weights (the ones it samples with) instead of a fresh init.
         Multi-GPU: torchrun --nproc_per_node 8 $(which dimstudy) train --preset ... (only rank 0 writes).
 
         Examples:

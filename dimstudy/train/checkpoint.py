@@ -61,6 +61,28 @@ def read_checkpoint(path: str | Path) -> dict:
     return _check_checkpoint(obj, file)
 
 
+INIT_KINDS = ("a state dict (what `dimstudy finetune` writes as init.pt), a dimstudy checkpoint or run directory, "
+              "or a public DiM checkpoint")  # what `init_from` may name
+
+
+def read_init_weights(path: str | Path) -> dict:
+    """The weights a run's `init_from` names, tensors on the CPU (one of INIT_KINDS).
+
+    A state dict is taken as it is. A checkpoint gives its EMA weights, not the raw ones: they are what a run
+    samples and is scored by, and what the paper's weak-to-strong fine-tune starts from (`finetune --ema`,
+    `load_checkpoint`); the new run's EMA then starts equal to them. Anything else is one CheckpointError line.
+    """
+    try:
+        if not Path(path).is_dir():
+            obj = load_file(path)
+            if (isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values())
+                    and not is_public_state_dict(obj)):
+                return obj
+        return read_checkpoint(path)["ema"]["module"]
+    except (CheckpointError, FileNotFoundError) as e:
+        raise type(e)(f"init_from: {e}; it takes {INIT_KINDS}") from None
+
+
 def numbered_checkpoints(run_dir: str | Path) -> list[Path]:
     """A run's kept `step_<N>.pt` checkpoints, newest first."""
     return sorted(Path(run_dir).glob("step_*.pt"), reverse=True)

@@ -43,8 +43,9 @@ class TrainConfig:
     data_dir: str | None = None
     class_cond: bool = False
     schedule: str = "vpsde"
-    init_from: str | None = None  # torch-saved state dict to start from instead of a fresh init; the EMA
-    # starts equal to it (weak-to-strong fine-tune, see dimstudy.resolution). Ignored when resuming.
+    init_from: str | None = None  # weights to start from instead of a fresh init: a state dict, or a checkpoint or
+    # run directory, whose EMA weights are taken (train.checkpoint.read_init_weights says why); the EMA starts equal
+    # to them (weak-to-strong fine-tune, see dimstudy.resolution). Ignored when resuming.
     skip_unreadable: bool = False  # dataset "folder": leave out unreadable files (one warning) instead of stopping
     # optimisation
     lr: float = 2e-4

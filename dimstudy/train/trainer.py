@@ -40,11 +40,18 @@ from dimstudy.flops import build_on_meta
 from dimstudy.ops.mixers import kernels_that_ran
 from dimstudy.results import append_row, environment
 from dimstudy.runtime import resolve_device
-from dimstudy.train.checkpoint import build_model, capture_rng, fit_model_args, read_resumable, restore_rng
+from dimstudy.train.checkpoint import (
+    build_model,
+    capture_rng,
+    fit_model_args,
+    read_init_weights,
+    read_resumable,
+    restore_rng,
+)
 from dimstudy.train.config import RESUME_MAY_CHANGE, TrainConfig, save_config, standin_model_kwargs
 from dimstudy.train.distributed import StepBatchSampler, all_mean, close_distributed, init_distributed
 from dimstudy.train.ema import EMA, ema_warning, init_share
-from dimstudy.train.files import LATEST, CheckpointError, load_file, remove_stale_temps, save_checkpoint
+from dimstudy.train.files import LATEST, remove_stale_temps, save_checkpoint
 
 LOSS_LOG = "loss.jsonl"
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -170,6 +177,7 @@ def train(
                 warnings.warn(f"removed {p}, left by a checkpoint writer that was killed mid-write", stacklevel=2)
         # read before the data: a checkpoint that cannot be used stops the run before anything else is touched
         ckpt, source = read_resumable(out, warn=lambda m: warnings.warn(m, stacklevel=3)) if resume else (None, None)
+        init = read_init_weights(cfg.init_from) if cfg.init_from and not resume else None
         per_rank = cfg.batch_size // info.world_size
         if cfg.batch_size % info.world_size or per_rank % cfg.grad_accum:
             raise ValueError(f"batch_size {cfg.batch_size} must split into {info.world_size} ranks x "
@@ -188,11 +196,12 @@ def train(
         if ckpt is not None:  # a run started before issue 13 continues with the network it began with
             model_args = fit_model_args(model_args, ckpt["model"], cfg.schedule, str(source))
         raw = build_model(model_args).to(device)
-        if cfg.init_from and not resume:
-            init = load_file(cfg.init_from)
-            if not (isinstance(init, dict) and init and all(torch.is_tensor(v) for v in init.values())):
-                raise CheckpointError(f"init_from {cfg.init_from} is not a state dict of tensors")
-            raw.load_state_dict(init)
+        if init is not None:  # weights that do not fit are one line naming the keys; the pos-embed is resized
+            # imported here, not at the top: dimstudy.resolution imports dimstudy.train
+            from dimstudy.resolution import adapt_state_dict
+
+            raw.load_state_dict(adapt_state_dict(init, raw, source=f"init_from {cfg.init_from}"))
+            del init
         ema = EMA(raw, cfg.ema_decay, cfg.ema_warmup)  # a copy of the starting weights: a fine-tune's EMA is reset to them
         opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_factor(cfg.warmup_steps))
