@@ -27,12 +27,11 @@ import torch.nn as nn
 from dimstudy.data import float_to_uint8
 from dimstudy.diffusion import build_schedule
 from dimstudy.diffusion.sampling import draw_samples, save_grid
-from dimstudy.models.layers import resize_pos_embed
 from dimstudy.ops.mixers import kernels_that_ran
 from dimstudy.results import DEFAULT_ROOT, append_row, environment
 from dimstudy.runtime import resolve_device
 from dimstudy.train import load_checkpoint, save_checkpoint, train
-from dimstudy.train.checkpoint import build_model, fit_model_args, read_checkpoint
+from dimstudy.train.checkpoint import adapt_state_dict, build_model, fit_model_args, read_checkpoint
 from dimstudy.train.config import TrainConfig
 from dimstudy.train.files import checkpoint_path
 
@@ -41,12 +40,6 @@ METHODS = ("direct", "upsample_guidance", "finetune")
 # The paper's weak-to-strong fine-tune (ImageNet 256 -> 512, project notes); everything else is the source run's.
 FINETUNE_DEFAULTS = {"lr": 1e-4, "weight_decay": 0.0, "steps": 64_000}
 INIT_WEIGHTS = "init.pt"  # the adapted weights a fine-tune starts from, inside its run directory
-POS_KEY = "pos_embed"  # the one resolution-dependent tensor of every model here: (1, extra + gh*gw, D)
-_MAX_KEYS = 4  # keys named per kind of mismatch, so the error stays one readable line
-
-
-class CheckpointMismatchError(ValueError):
-    """Weights that cannot be made to fit a network; the message names the keys."""
 
 
 # -- sizes ---------------------------------------------------------------------------------------------------
@@ -73,52 +66,6 @@ def upsample_factor(base: int, side: int) -> int:
 
 
 # -- weak-to-strong loading ----------------------------------------------------------------------------------
-def _resized_pos(w: torch.Tensor, want: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor | None:
-    """A checkpoint's (1, extra + s*s, D) positional embedding resized to `want`'s grid, or None if it cannot be.
-
-    The extra-token count is the target's (t, c for DiM; t and maybe c for U-ViT); the source grid is square.
-    """
-    extra = want.shape[1] - grid[0] * grid[1]
-    n_src = w.shape[1] - extra
-    side = math.isqrt(max(n_src, 0))
-    if w.dim() != 3 or w.shape[-1] != want.shape[-1] or n_src < 1 or side * side != n_src:
-        return None
-    return resize_pos_embed(w, extra, (side, side), grid)
-
-
-def adapt_state_dict(state: dict, model: nn.Module, source: str = "checkpoint") -> dict:
-    """`state` (weights of the same network built at another resolution) made to fit `model` (Sec. 3.3).
-
-    The positional embedding is resized bilinearly over its grid part with the extra rows kept; every other
-    tensor (the pad tokens and separators included) does not depend on the resolution and is reused as is.
-    Anything else that differs (width, patch size, depth, components) raises CheckpointMismatchError.
-    """
-    target = model.state_dict()
-    out, shape_bad = {}, []
-    for key, want in target.items():
-        if key not in state:
-            continue
-        w = state[key]
-        if key == POS_KEY and w.shape != want.shape:
-            w = _resized_pos(w, want, tuple(model.grid))
-            w = state[key] if w is None else w
-        if w.shape != want.shape:
-            shape_bad.append(f"{key} {tuple(w.shape)} vs {tuple(want.shape)}")
-        out[key] = w
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    parts = [
-        f"{what}: {', '.join(keys[:_MAX_KEYS])}" + (f" (+{len(keys) - _MAX_KEYS} more)" if len(keys) > _MAX_KEYS else "")
-        for what, keys in (("shape (checkpoint vs model)", shape_bad), ("missing", missing), ("unexpected", unexpected))
-        if keys
-    ]
-    if parts:
-        name = getattr(model, "registry_name", type(model).__name__)
-        raise CheckpointMismatchError(f"{source} does not fit {name} at img_size {getattr(model, 'img_size', '?')}: "
-                                      + "; ".join(parts))
-    return out
-
-
 def load_at_resolution(
     ckpt: str | Path,
     resolution: int | None = None,

@@ -29,8 +29,6 @@ from dimstudy.diffusion import UpsampleGuidance, build_schedule
 from dimstudy.models.registry import create_model
 from dimstudy.resolution import (
     INIT_WEIGHTS,
-    CheckpointMismatchError,
-    adapt_state_dict,
     finetune,
     finetune_config,
     load_at_resolution,
@@ -41,6 +39,7 @@ from dimstudy.resolution import (
 )
 from dimstudy.results import append_row, read_table
 from dimstudy.train import TrainConfig, load_checkpoint, read_checkpoint, save_checkpoint, train
+from dimstudy.train.checkpoint import CheckpointMismatchError, adapt_state_dict
 
 SMALL = {"dim": 32, "depth": 3, "d_state": 4}  # dim_tiny_2, narrower: ~50 ms a step at 16 px on 2 CPU cores
 SMALL_UVIT = {"dim": 32, "depth": 3, "num_heads": 2}

@@ -3,6 +3,7 @@
 A checkpoint is one `torch.save`d dict (see CHECKPOINT_KEYS): the raw model's and the EMA's weights,
 optimiser, LR scheduler and grad-scaler states, the step, every RNG state, the run config (a dict) and
 the model's constructor arguments, so `load_checkpoint` rebuilds the network without the dataset.
+`adapt_state_dict` fits the weights of the same network at another resolution (weak-to-strong, `init_from`).
 Everything in it is a tensor or plain Python data, so it loads with `weights_only=True`.
 
 The files themselves (atomic writes, `load_file`'s one-line errors, stale temp files) are
@@ -11,6 +12,7 @@ The files themselves (atomic writes, `load_file`'s one-line errors, stale temp f
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from pathlib import Path
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from dimstudy.models.layers import resize_pos_embed
 from dimstudy.models.registry import create_model, get_entry
 from dimstudy.train.config import TrainConfig
 from dimstudy.train.convert import is_public_checkpoint, is_public_state_dict, public_checkpoint
@@ -136,6 +139,61 @@ def fit_model_args(model_args: dict, weights: dict, schedule: str | None = None,
         msg += "; it was trained on DDPM labels 0..999 and now sees 1..1000 (one label later)"
     warnings.warn(msg, stacklevel=3)
     return {**model_args, "kwargs": {**kwargs, **PRE_ISSUE_13}}
+
+
+# -- weights of the same network at another resolution (weak-to-strong, Sec. 3.3; `init_from`) ------------
+POS_KEY = "pos_embed"  # the one resolution-dependent tensor of every model here: (1, extra + gh*gw, D)
+_MAX_KEYS = 4  # keys named per kind of mismatch, so the error stays one readable line
+
+
+class CheckpointMismatchError(ValueError):
+    """Weights that cannot be made to fit a network; the message names the keys."""
+
+
+def _resized_pos(w: torch.Tensor, want: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor | None:
+    """A checkpoint's (1, extra + s*s, D) positional embedding resized to `want`'s grid, or None if it cannot be.
+
+    The extra-token count is the target's (t, c for DiM; t and maybe c for U-ViT); the source grid is square.
+    """
+    extra = want.shape[1] - grid[0] * grid[1]
+    n_src = w.shape[1] - extra
+    side = math.isqrt(max(n_src, 0))
+    if w.dim() != 3 or w.shape[-1] != want.shape[-1] or n_src < 1 or side * side != n_src:
+        return None
+    return resize_pos_embed(w, extra, (side, side), grid)
+
+
+def adapt_state_dict(state: dict, model: nn.Module, source: str = "checkpoint") -> dict:
+    """`state` (weights of the same network built at another resolution) made to fit `model` (Sec. 3.3).
+
+    The positional embedding is resized bilinearly over its grid part with the extra rows kept; every other
+    tensor (the pad tokens and separators included) does not depend on the resolution and is reused as is.
+    Anything else that differs (width, patch size, depth, components) raises CheckpointMismatchError.
+    """
+    target = model.state_dict()
+    out, shape_bad = {}, []
+    for key, want in target.items():
+        if key not in state:
+            continue
+        w = state[key]
+        if key == POS_KEY and w.shape != want.shape:
+            w = _resized_pos(w, want, tuple(model.grid))
+            w = state[key] if w is None else w
+        if w.shape != want.shape:
+            shape_bad.append(f"{key} {tuple(w.shape)} vs {tuple(want.shape)}")
+        out[key] = w
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    parts = [
+        f"{what}: {', '.join(keys[:_MAX_KEYS])}" + (f" (+{len(keys) - _MAX_KEYS} more)" if len(keys) > _MAX_KEYS else "")
+        for what, keys in (("shape (checkpoint vs model)", shape_bad), ("missing", missing), ("unexpected", unexpected))
+        if keys
+    ]
+    if parts:
+        name = getattr(model, "registry_name", type(model).__name__)
+        raise CheckpointMismatchError(f"{source} does not fit {name} at img_size {getattr(model, 'img_size', '?')}: "
+                                      + "; ".join(parts))
+    return out
 
 
 def load_checkpoint(path: str | Path, *, ema: bool = True, device="cpu") -> tuple[nn.Module, TrainConfig]:

@@ -41,6 +41,7 @@ from dimstudy.ops.mixers import kernels_that_ran
 from dimstudy.results import append_row, environment
 from dimstudy.runtime import resolve_device
 from dimstudy.train.checkpoint import (
+    adapt_state_dict,
     build_model,
     capture_rng,
     fit_model_args,
@@ -197,9 +198,6 @@ def train(
             model_args = fit_model_args(model_args, ckpt["model"], cfg.schedule, str(source))
         raw = build_model(model_args).to(device)
         if init is not None:  # weights that do not fit are one line naming the keys; the pos-embed is resized
-            # imported here, not at the top: dimstudy.resolution imports dimstudy.train
-            from dimstudy.resolution import adapt_state_dict
-
             raw.load_state_dict(adapt_state_dict(init, raw, source=f"init_from {cfg.init_from}"))
             del init
         ema = EMA(raw, cfg.ema_decay, cfg.ema_warmup)  # a copy of the starting weights: a fine-tune's EMA is reset to them
