@@ -73,7 +73,7 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bwd"), depths=(), caps=()):
+def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bwd"), depths=(), caps=(), variants=()):
     rows = []
     ex_floor_ms = b * d * n * length / (torch.cuda.get_device_properties(0).multi_processor_count * 16 * BOOST_GHZ * 1e9) * 1e3
     io = 2 * b * length * (3 * d + 2 * n) + 2 * b * length * d  # bf16: u, delta, z, B, C in, y out
@@ -101,17 +101,21 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bw
         mem = mem_floor_ms * (3 if grad else 1)
         t_m = do_bench(lambda xs=xm: step(mamba_scan, xs), warmup=25, rep=200, return_mode="median")
         # (BD, warps), parts, backward prefetch, forward depth, register cap (of the backward when timing
-        # fwd+bwd, else of the forward)
-        configs = [(None, None, ts.BWD_PREFETCH, ts.FWD_DEPTH, None)]  # FWD_DEPTH None: the forward picks
-        configs += [(None, None, ts.BWD_PREFETCH, dp, None) for dp in depths]
-        configs += [(None, None, ts.BWD_PREFETCH, ts.FWD_DEPTH, cap) for cap in caps]
+        # fwd+bwd, else of the forward), backward variant (chunk between saved states, stored decays)
+        base = (ts.CHUNK, ts.STORE_DECAY)
+        configs = [(None, None, ts.BWD_PREFETCH, ts.FWD_DEPTH, None, base)]  # FWD_DEPTH None: the forward picks
+        configs += [(None, None, ts.BWD_PREFETCH, dp, None, base) for dp in depths]
+        configs += [(None, None, ts.BWD_PREFETCH, ts.FWD_DEPTH, cap, base) for cap in caps]
+        if grad:
+            configs += [(None, None, ts.BWD_PREFETCH, ts.FWD_DEPTH, None, v) for v in variants]
         if sweep and grad:  # the forward keeps its default; (BD, warps) and prefetching apply to the backward
-            configs += [((bd, w), None, pf, ts.FWD_DEPTH, None) for bd in (16, 32, 64) for w in (1, 2) for pf in (True, False)]
+            configs += [((bd, w), None, pf, ts.FWD_DEPTH, None, base) for bd in (16, 32, 64) for w in (1, 2) for pf in (True, False)]
         elif sweep:
-            configs += [((bd, w), p, True, ts.FWD_DEPTH, None) for bd in (32, 64) for w in (1, 2) for p in (1, 16, 32, 64)]
+            configs += [((bd, w), p, True, ts.FWD_DEPTH, None, base) for bd in (32, 64) for w in (1, 2) for p in (1, 16, 32, 64)]
         default_prefetch, default_depth = ts.BWD_PREFETCH, ts.FWD_DEPTH
-        for cfg, parts, prefetch, depth, cap in configs:
+        for cfg, parts, prefetch, depth, cap, (chunk_bwd, decay) in configs:
             ts.BLOCK_OVERRIDE, ts.PARTS_OVERRIDE, ts.BWD_PREFETCH, ts.FWD_DEPTH = cfg, parts, prefetch, depth
+            ts.CHUNK, ts.STORE_DECAY = chunk_bwd, decay
             if grad:
                 ts.BWD_MAXNREG = cap
             else:
@@ -128,22 +132,23 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bw
                 ts.BLOCK_OVERRIDE = ts.PARTS_OVERRIDE = None
                 ts.BWD_PREFETCH, ts.FWD_DEPTH = default_prefetch, default_depth
                 ts.FWD_MAXNREG = ts.BWD_MAXNREG = None
+                ts.CHUNK, ts.STORE_DECAY = base
                 os.environ.pop("DIMSTUDY_SCAN_BLOCK_BWD", None)
             cfg_used = cfg or ts._block_config(b, d, torch.device("cuda"), backward=grad)
-            chunk = ts.CHUNK if grad else ts.WALK_CHUNK  # with no gradient to come, nothing is saved
+            chunk = chunk_bwd if grad else ts.WALK_CHUNK  # with no gradient to come, nothing is saved
             n_ck = ts._chunking(length, chunk)[0]
             parts_used = parts or ts._parts(b, d, cfg_used[0], n_ck, torch.device("cuda"))
             fwd_depth = depth or ts._fwd_depth(b, d, cfg_used[0], torch.device("cuda"))
             row = {"shape": name, "mode": mode, "batch": b, "d_inner": d, "d_state": n, "seqlen": length,
-                   "dtype": "bf16", "block_d": cfg_used[0], "num_warps": cfg_used[1], "parts": parts_used, "default_config": cfg is None and parts is None and depth is None and cap is None,
-                   "maxnreg": cap,
+                   "dtype": "bf16", "block_d": cfg_used[0], "num_warps": cfg_used[1], "parts": parts_used, "default_config": cfg is None and parts is None and depth is None and cap is None and (chunk_bwd, decay) == base,
+                   "maxnreg": cap, "store_decay": decay if grad else None,
                    "bwd_prefetch": prefetch if grad else None, "fwd_depth": fwd_depth,
                    "chunk": chunk, "saves_states": grad, "scatter_sums": ts.SCATTER_SUMS, "ms_mamba_ssm": t_m, "ms_triton": t_t, "speedup": t_m / t_t,
                    "floor_exp_ms": floor, "floor_mem_ms": mem, "triton_over_floor": t_t / max(floor, mem),
                    "rel_err_vs_mamba_ssm": err, "copy_tb_s": bw / 1e12, "seed": 0}
             rows.append(row)
             print(f"{name:26s} {mode:8s} BD {cfg_used[0]:3d} w {cfg_used[1]} p {parts_used:2d} pf {int(prefetch)} fd {fwd_depth} "
-                  f"ck {chunk} sc {int(ts.SCATTER_SUMS)} reg {cap or '-'} | mamba-ssm {t_m:8.3f} ms | triton "
+                  f"ck {chunk} sc {int(ts.SCATTER_SUMS)} reg {cap or '-'} sd {int(decay)} | mamba-ssm {t_m:8.3f} ms | triton "
                   f"{t_t:8.3f} ms | x{t_m / t_t:5.2f} | floor exp {floor:.3f} mem {mem:.3f} ms | "
                   f"{t_t / max(floor, mem):5.1f}x floor | err {max(err.values()):.1e}", flush=True)
     return rows
@@ -178,6 +183,17 @@ def summarize(path: str) -> str:
     return "\n".join(out)
 
 
+def parse_variants(text: str) -> list[tuple[int, bool]]:
+    """"8,16:decay" -> [(8, False), (16, True)]."""
+    out = []
+    for item in filter(None, text.split(",")):
+        chunk, _, flag = item.partition(":")
+        if not chunk.isdigit() or flag not in ("", "decay"):
+            raise SystemExit(f"--bwd-variants: {item!r} is not CHUNK or CHUNK:decay (e.g. 8 or 16:decay)")
+        out.append((int(chunk), flag == "decay"))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(SHAPES))
@@ -185,6 +201,7 @@ def main():
     ap.add_argument("--modes", default="fwd,fwd+bwd", help="which of fwd, fwd+bwd to time")
     ap.add_argument("--fwd-depths", default="", help="also time the default config at these forward prefetch depths (steps in flight), e.g. 1,2,3")
     ap.add_argument("--maxnreg", default="", help="also time the default config with its kernel capped at these registers a lane (the backward's in fwd+bwd), e.g. 128,168")
+    ap.add_argument("--bwd-variants", default="", help="also time fwd+bwd with these backward variants, CHUNK or CHUNK:decay (steps between saved states; decay: the adjoint reads stored decays), e.g. 8,8:decay,16:decay")
     ap.add_argument("--out", default=None, help="append rows to OUT/scan_bench.jsonl")
     ap.add_argument("--summary", metavar="JSONL", help="print the Markdown summary of a rows file and exit")
     args = ap.parse_args()
@@ -200,7 +217,7 @@ def main():
         b, d, n, length, backward = SHAPES[name]
         for row in bench_shape(name, b, d, n, length, backward, bw, args.sweep, args.modes.split(","),
                                [int(v) for v in args.fwd_depths.split(",") if v],
-                               [int(v) for v in args.maxnreg.split(",") if v]):
+                               [int(v) for v in args.maxnreg.split(",") if v], parse_variants(args.bwd_variants)):
             if args.out:
                 append_row("scan_bench", {**row, "kernels": "triton vs mamba-ssm selective_scan_fn", **env}, args.out)
 

@@ -113,6 +113,16 @@ def test_forward_prefetch_depth_gives_the_same_result(monkeypatch, depth, parts)
     compare(1, 4, 16, 29, seed=7)
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("b,d,n,seqlen", [(2, 5, 16, 21), (1, 3, 4, 5)])
+def test_backward_reading_stored_decays_gives_the_same_gradients(monkeypatch, prefetch, b, d, n, seqlen):
+    """STORE_DECAY: the adjoint reads each step's exp(dt A) from the scratch instead of computing it again,
+    with and without the backward's prefetch, L across chunks (21 = 8 + 8 + 5) and shorter than one."""
+    monkeypatch.setattr(ts, "STORE_DECAY", True)
+    monkeypatch.setattr(ts, "BWD_PREFETCH", prefetch)
+    compare(b, d, n, seqlen, seed=17)
+
+
 @pytest.mark.parametrize("scatter", [True, False])
 @pytest.mark.parametrize("d,n", [(20, 16), (20, 4), (17, 3)])
 def test_dB_dC_reduce_scatter_and_plain_sums_agree(monkeypatch, scatter, d, n):

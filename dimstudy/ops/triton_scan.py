@@ -243,7 +243,7 @@ def _scan_bwd_kernel(
     BD: tl.constexpr, NP: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_GLAST: tl.constexpr, FAST_EXP: tl.constexpr, EVEN_N: tl.constexpr, PREFETCH: tl.constexpr,
-    LOG_N: tl.constexpr, LOG_BD: tl.constexpr,
+    LOG_N: tl.constexpr, LOG_BD: tl.constexpr, STORE_DECAY: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -259,8 +259,12 @@ def _scan_bwd_kernel(
     # per block of channels: dB, dC as (n_blocks, b, l, n) partial sums over this block's channels
     b_dBC = (pid_d * BATCH + pid_b) * L * NST
     ck_base = ck_ptr + pid_b * N_CK * DIM * NST + dn_offs
-    # this program's scratch: slot 0 the state entering the chunk, slot i + 1 the state after its step i
-    scr = scr_ptr + (pid_b * tl.num_programs(0) + pid_d) * (CK + 1) * BD * NP \
+    # this program's scratch: slot 0 the state entering the chunk, slot i + 1 the state after its step i; with
+    # STORE_DECAY, slot CK + 1 + i holds step i's decay exp(dt A), so the adjoint reads it instead of an exp
+    SLOTS = CK + 1
+    if STORE_DECAY:
+        SLOTS = 2 * CK + 1
+    scr = scr_ptr + (pid_b * tl.num_programs(0) + pid_d) * SLOTS * BD * NP \
         + offs_n[:, None] * SROW + tl.arange(0, BD)[None, :]  # SROW = BD, unspecialized: no vectors along d
 
     lane = tl.arange(0, BD)  # a channel's index within the block
@@ -291,8 +295,11 @@ def _scan_bwd_kernel(
             ndl = tl.load(b_dl + (t + 1) * s_dl + o_dl, mask=mask_d & ok1, other=0.0)
             nB = tl.load(b_B + (t + 1) * s_Bl + o_B, mask=mask_n & ok1, other=0.0)
             dt = _step_dt(dl, bias, t < L, SOFTPLUS)
-            h = _exp2(dt[None, :] * A2, FAST_EXP) * h + (dt * u)[None, :] * Bt[:, None]
+            a = _exp2(dt[None, :] * A2, FAST_EXP)
+            h = a * h + (dt * u)[None, :] * Bt[:, None]
             tl.store(scr + (i + 1) * BD * NP, h)
+            if STORE_DECAY:
+                tl.store(scr + (CK + 1 + i) * BD * NP, a)
         tl.debug_barrier()  # the scratch is read back below, possibly by other threads of the program
         # 2. the adjoint, backwards over the chunk; h_t of a step is h_prev of the step after it
         t_last = t0 + CK - 1
@@ -301,6 +308,9 @@ def _scan_bwd_kernel(
         nxt = _load_step(t_last, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
                          o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z)
         ng = tl.load(b_g + t_last * s_gl + o_g, mask=mask_d & (t_last < L), other=0.0)
+        a_n = h_prev_n
+        if STORE_DECAY:
+            a_n = tl.load(scr + (2 * CK) * BD * NP)  # the last step's decay
         for ii in range(CK):
             i = CK - 1 - ii
             t = t0 + i
@@ -315,14 +325,20 @@ def _scan_bwd_kernel(
                                  s_zl, o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z)
                 ng = tl.load(b_g + (t - 1) * s_gl + o_g, mask=mask_d & ok1, other=0.0)
                 h_prev_n = tl.load(scr + tl.maximum(i - 1, 0) * BD * NP)  # slot i - 1 (at i = 0: unused)
+                if STORE_DECAY:
+                    a = a_n
+                    a_n = tl.load(scr + (CK + tl.maximum(i, 1)) * BD * NP)  # step i - 1's decay
             else:  # fewer registers live across steps
                 u, dl, Bt, Ct, z = _load_step(t, L, b_u, b_dl, b_B, b_C, b_z, s_ul, s_dl, s_Bl, s_Cl, s_zl,
                                               o_u, o_dl, o_z, o_B, o_C, mask_d, mask_n, HAS_Z)
                 g = tl.load(b_g + t * s_gl + o_g, mask=mt, other=0.0).to(tl.float32)
                 h_prev = tl.load(scr + i * BD * NP)
+                if STORE_DECAY:
+                    a = tl.load(scr + (CK + 1 + i) * BD * NP)
             x = dl + bias
             dt = _step_dt(dl, bias, ok, SOFTPLUS)
-            a = _exp2(dt[None, :] * A2, FAST_EXP)
+            if not STORE_DECAY:
+                a = _exp2(dt[None, :] * A2, FAST_EXP)
             if HAS_Z:  # y = y_pre * silu(z)
                 y_pre = tl.sum(h_t * Ct[:, None], axis=0)
                 if HAS_D:
@@ -384,6 +400,10 @@ def _chunking(length: int, chunk: int) -> tuple[int, int]:
 BLOCK_OVERRIDE: tuple[int, int] | None = None  # (BD, warps) for every launch; for tuning sweeps
 BWD_PREFETCH = os.environ.get("DIMSTUDY_SCAN_BWD_PREFETCH", "1") == "1"  # load step t - 1 during step t
 SCATTER_SUMS = os.environ.get("DIMSTUDY_SCAN_SCATTER", "1") == "1"  # dB, dC by reduce-scatter (see _sum_over_d)
+# The backward's recompute keeps each step's decay exp(dt A) beside its state, and the adjoint reads it back
+# instead of computing it again: half the backward's exps, for twice the scratch (which then wants chunks of
+# 8 to stay in L2). Off: untimed so far (experiments/bench_scan.py --bwd-variants).
+STORE_DECAY = os.environ.get("DIMSTUDY_SCAN_STORE_DECAY", "0") == "1"
 # Steps whose inputs the forward has in flight while one computes (1-3; each costs ~35 registers a lane).
 # None: _fwd_depth decides; DIMSTUDY_SCAN_FWD_DEPTH fixes it for tuning runs.
 FWD_DEPTH: int | None = int(os.environ["DIMSTUDY_SCAN_FWD_DEPTH"]) if os.environ.get("DIMSTUDY_SCAN_FWD_DEPTH") else None
@@ -530,7 +550,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, gr
     dz = torch.empty_like(z) if z is not None else du
     dB_part, dC_part = torch.empty(nb, b, length, n, **f32), torch.empty(nb, b, length, n, **f32)
     dA_part, dD_part, dbias_part = torch.empty(b, n, d, **f32), torch.empty(b, d, **f32), torch.empty(b, d, **f32)
-    scratch = torch.empty(b * nb * (ck + 1) * bd * np_, **f32)
+    scratch = torch.empty(b * nb * (ck + 1 + ck * STORE_DECAY) * bd * np_, **f32)
     zz = u if z is None else z
     _scan_bwd_kernel[(nb, b)](
         u, delta, A.t().contiguous(), B, C, u if D is None else D, zz, u if delta_bias is None else delta_bias,
@@ -542,7 +562,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, gr
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_GLAST=grad_last is not None, FAST_EXP=_fast_exp(u), EVEN_N=np_ == n, PREFETCH=BWD_PREFETCH,
         LOG_N=np_.bit_length() - 1 if SCATTER_SUMS and np_ <= bd else 0, LOG_BD=bd.bit_length() - 1,
-        num_warps=warps, **_register_cap(BWD_MAXNREG),
+        STORE_DECAY=STORE_DECAY, num_warps=warps, **_register_cap(BWD_MAXNREG),
     )
     dB = dB_part.sum(0).transpose(1, 2).to(B.dtype)  # (b, n, l)
     dC = dC_part.sum(0).transpose(1, 2).to(C.dtype)
