@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One GPU slot for the kernel work (issue 11), most important first, each step under its own time limit so a
+# slow one cannot starve the rest; logs and result rows go under $OUT (default gpu-kernels-out/).
+#
+#   DIMSTUDY_GIT_SHA=$(git rev-parse HEAD) bash experiments/gpu-kernels.sh      # on the GPU machine, repo root
+#
+# 1. the GPU tests of the Triton kernels and of mamba-ssm's kernel through dimstudy's custom ops
+#    (tests/gpu/test_gpu_triton.py, test_gpu_kernels.py);
+# 2. the training-shape scan with the backward's untimed variants: register caps and stored decays at the
+#    chunks they want (experiments/bench_scan.py --maxnreg, --bwd-variants);
+# 3. the DiM-H/2 forwards under a register cap;
+# 4. where a compiled-free DiM-H/2 forward's time goes on the Triton kernels (dimstudy profile), batch 1 and 8.
+# Rows carry GPU, versions and DIMSTUDY_GIT_SHA (the GPU machine's copy of the tree has no .git).
+set -uo pipefail  # no -e: a failed step is logged and the next one still runs
+
+PY=${PYTHON:-python3}
+OUT=${OUT:-gpu-kernels-out}
+mkdir -p "$OUT"
+stamp() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/steps.log"; }
+step() {  # step SECONDS NAME COMMAND...: run it with a time limit, output to $OUT/NAME.log
+    local limit=$1 name=$2
+    shift 2
+    stamp "$name (limit ${limit}s)"
+    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    stamp "$name: exit $?"
+}
+
+step 150 gpu-tests "$PY" -m pytest -q -m gpu -rs tests/gpu/test_gpu_triton.py tests/gpu/test_gpu_kernels.py
+step 120 scan-train "$PY" experiments/bench_scan.py --shapes dim_s_2-32px-train-b128 --modes fwd+bwd \
+    --maxnreg 128,168 --bwd-variants 8,8:decay,16:decay --out "$OUT/scan-bench"
+step 90 scan-fwd "$PY" experiments/bench_scan.py --shapes dim_h_2-1024px-b1,dim_h_2-1024px-b8 --modes fwd \
+    --maxnreg 128,168 --out "$OUT/scan-bench"
+for batch in 1 8; do
+    step 90 "profile-b$batch" "$PY" -m dimstudy profile --model dim --resolution 1024 --batch "$batch" \
+        --scan-backend triton --results "$OUT/profile"
+done
+stamp "done"
