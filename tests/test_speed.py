@@ -260,6 +260,8 @@ def test_cli_speed_runs_tiny_models_and_appends_rows(tmp_path):
         (["--dtype", "int8"], "valid choices: bf16, fp16, fp32"),
         (["--mode", "sample"], "valid choices: infer, train"),
         (["--cuda-graphs", "--mode", "train"], "--cuda-graphs"),
+        (["--compile", "--compile-scope", "layers"], "valid choices: model, blocks"),
+        (["--compile-scope", "blocks"], "add --compile"),
     ],
 )
 def test_cli_bad_inputs_give_one_line_errors(args, needle):
@@ -273,3 +275,21 @@ def test_cli_help_has_a_copy_pastable_example():
     res = CliRunner().invoke(_app(), ["speed", "--help"])
     text = " ".join(res.output.split())  # the help is wrapped at the terminal width; the example is whole
     assert "dimstudy speed --models dim,uvit,mamba --resolutions 256,512,768,1024,1280,1536,2048 --batch 1,8" in text
+
+
+def test_compile_scope_reaches_the_worker(monkeypatch):
+    """The point's compile scope is what the worker compiles with (Dynamo's eager backend here: CPU, quick)."""
+    import dimstudy.bench.speed as speed
+
+    scopes, real = [], speed.compile_network
+
+    def eager_backend(net, scope):
+        scopes.append(scope)
+        return real(net, scope, backend="eager")
+
+    monkeypatch.setattr(speed, "compile_network", eager_backend)
+    from dimstudy.bench.speed import measure_point
+
+    row = measure_point("dim_tiny_2", 16, 1, dtype="fp32", compile=True, compile_scope="blocks", warmup=1,
+                        repeats=2, budget_s=1.0, device="cpu")
+    assert scopes == ["blocks"] and row["ms"] > 0

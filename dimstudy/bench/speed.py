@@ -40,6 +40,7 @@ from dimstudy.bench.timing import (
     run_isolated,
     time_fn,
 )
+from dimstudy.models.compile import COMPILE_SCOPES, compile_network, repeated_blocks
 from dimstudy.ops.mixers import kernels_that_ran
 from dimstudy.runtime import resolve_device
 
@@ -62,6 +63,7 @@ class SpeedConfig:
     dtype: str = "bf16"
     mode: str = "infer"
     compile: bool = False
+    compile_scope: str = "model"  # with compile: the whole network, or its repeated blocks one by one
     cuda_graphs: bool = False
     warmup: int = 10
     repeats: int = 30
@@ -212,7 +214,7 @@ def prepare(model: str, resolution: int, batch: int, dtype: str, mode: str, devi
 
 def measure_point(
     model: str, resolution: int, batch: int, dtype: str = "bf16", mode: str = "infer", compile: bool = False,
-    cuda_graphs: bool = False, warmup: int = 10, repeats: int = 30, budget_s: float | None = 10.0, seed: int = 0,
+    compile_scope: str = "model", cuda_graphs: bool = False, warmup: int = 10, repeats: int = 30, budget_s: float | None = 10.0, seed: int = 0,
     device: str = "auto", overrides: dict | None = None, inject: str | None = None,
 ) -> dict:
     """Worker target: build, warm up and time one (model, resolution, batch); returns the measured fields."""
@@ -232,7 +234,7 @@ def measure_point(
     net, x, t, y = prepare(model, resolution, batch, dtype, mode, dev, overrides, seed)
     reset_peak_memory(dev)  # the peak then covers resident weights + this point's work, not the fp32 init before the cast
     weights_gib = torch.cuda.memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
-    run = torch.compile(net) if compile else net
+    run = compile_network(net, compile_scope) if compile else net
 
     t0 = time.perf_counter()
     step = build_step(run, x, t, y, dev, dtype, mode, cuda_graphs)
@@ -256,7 +258,7 @@ ENV_KEYS = ("device", "gpu", "cpu", "torch", "cuda", "python", "git_sha", "times
 ROW_KEYS = [
     # what was asked
     "sweep", "model", "alias", "family", "resolution", "batch", "dtype", "mode", "precision", "compile",
-    "cuda_graphs", "seed", "warmup", "repeats", "repeats_max", "budget_s", "scan_backend_requested", "attn_backend_requested",
+    "compile_scope", "cuda_graphs", "seed", "warmup", "repeats", "repeats_max", "budget_s", "scan_backend_requested", "attn_backend_requested",
     # how big
     "input_shape", "tokens", "params", "macs", "gflops", "macs_gemm", "macs_conv", "macs_scan", "macs_attention",
     "flops_per_iter", "min_bytes",
@@ -315,6 +317,10 @@ def validate(cfg: SpeedConfig) -> list[tuple[str, str, int, int]]:
         raise ValueError("batch sizes and resolutions must be positive integers")
     if cfg.cuda_graphs and cfg.mode != "infer":
         raise ValueError("--cuda-graphs times captured forward passes; use it with --mode infer")
+    if cfg.compile_scope not in COMPILE_SCOPES:
+        raise ValueError(f"unknown compile scope {cfg.compile_scope!r}; valid choices: {', '.join(COMPILE_SCOPES)}")
+    if cfg.compile_scope != "model" and not cfg.compile:
+        raise ValueError("--compile-scope says what --compile compiles; add --compile")
     dev = resolve_device(cfg.device)
     if cfg.cuda_graphs and dev.type != "cuda":
         raise ValueError("--cuda-graphs needs a CUDA device")
@@ -326,6 +332,8 @@ def validate(cfg: SpeedConfig) -> list[tuple[str, str, int, int]]:
         meta = build_on_meta(model, **model_overrides(model, cfg.scan_backend, cfg.attn_backend))
         for r in cfg.resolutions:
             input_shape(meta, r, model)  # raises the one-line error for a resolution this model cannot take
+        if cfg.compile and cfg.compile_scope == "blocks" and not repeated_blocks(meta):
+            raise ValueError(f"{model} has no repeated blocks to compile one by one; use --compile-scope model")
         points += [(alias, model, r, b) for b in cfg.batches for r in sorted(cfg.resolutions)]
     return points
 
@@ -370,7 +378,7 @@ def run_sweep(cfg: SpeedConfig, progress: bool = True, echo=None) -> list[dict]:
         base = {
             "sweep": sweep, "model": model, "alias": alias, "resolution": res, "batch": batch, "dtype": cfg.dtype,
             "mode": cfg.mode, "precision": precision_of(cfg.dtype, cfg.mode), "compile": cfg.compile,
-            "cuda_graphs": cfg.cuda_graphs, "seed": cfg.seed, "warmup": cfg.warmup, "budget_s": cfg.budget_s,
+            "compile_scope": cfg.compile_scope if cfg.compile else None, "cuda_graphs": cfg.cuda_graphs, "seed": cfg.seed, "warmup": cfg.warmup, "budget_s": cfg.budget_s,
             "repeats_max": cfg.repeats, "scan_backend_requested": cfg.scan_backend,
             "attn_backend_requested": cfg.attn_backend, **static_counts(model, res, batch, cfg.dtype, overrides), **env,
         }
@@ -379,7 +387,7 @@ def run_sweep(cfg: SpeedConfig, progress: bool = True, echo=None) -> list[dict]:
         else:
             kwargs = dict(
                 model=model, resolution=res, batch=batch, dtype=cfg.dtype, mode=cfg.mode, compile=cfg.compile,
-                cuda_graphs=cfg.cuda_graphs, warmup=cfg.warmup, repeats=cfg.repeats, budget_s=cfg.budget_s,
+                compile_scope=cfg.compile_scope, cuda_graphs=cfg.cuda_graphs, warmup=cfg.warmup, repeats=cfg.repeats, budget_s=cfg.budget_s,
                 seed=cfg.seed, device=str(dev), overrides=overrides, inject=cfg.inject.get(str(res)),
             )
             measured = run_isolated("dimstudy.bench.speed:measure_point", kwargs, cfg.timeout_s)

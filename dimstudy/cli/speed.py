@@ -54,6 +54,9 @@ def register(app: typer.Typer) -> None:
         mode: Annotated[str, typer.Option(help="infer: one forward under no_grad (one denoising step); "
                                           "train: forward + backward + AdamW step.")] = "infer",
         compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (compile time is in first_call_s).")] = False,
+        compile_scope: Annotated[str, typer.Option(help="With --compile: model (one graph through the whole "
+                                                   "forward) or blocks (each repeated block compiled on its own and "
+                                                   "shared: far shorter compiles, the code between blocks eager).")] = "model",
         cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="Capture the forward in a CUDA graph and time replays.")] = False,
         warmup: Annotated[int, typer.Option(help="Untimed calls before timing.")] = 10,
         repeats: Annotated[int, typer.Option(help="Most timed calls per point (median reported).")] = 30,
@@ -88,7 +91,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = SpeedConfig(
             models=split_list(models), resolutions=_ints(resolutions, "--resolutions"), batches=_ints(batch, "--batch"),
-            dtype=dtype, mode=mode, compile=compile, cuda_graphs=cuda_graphs, warmup=warmup, repeats=repeats,
+            dtype=dtype, mode=mode, compile=compile, compile_scope=compile_scope, cuda_graphs=cuda_graphs, warmup=warmup, repeats=repeats,
             budget_s=budget, timeout_s=timeout, seed=seed, device=device, scan_backend=scan_backend,
             attn_backend=attn_backend, skip_after_oom=skip_after_oom, measure_rates=measure_rates,
             results=str(results) if results else None, sweep=sweep, inject=_inject(inject_failure),

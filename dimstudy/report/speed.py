@@ -45,7 +45,7 @@ def _ok(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "ok"]
 
 
-SETTING = ("dtype", "mode", "compile", "cuda_graphs", "gpu")  # rows compared with each other must share these
+SETTING = ("dtype", "mode", "compile", "compile_scope", "cuda_graphs", "gpu")  # rows compared with each other must share these
 
 
 def check_one_setting(df: pd.DataFrame) -> None:
