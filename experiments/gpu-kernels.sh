@@ -9,7 +9,9 @@
 # 2. the training-shape scan with the backward's untimed variants: register caps and stored decays at the
 #    chunks they want (experiments/bench_scan.py --maxnreg, --bwd-variants);
 # 3. the DiM-H/2 forwards under a register cap;
-# 4. where a compiled-free DiM-H/2 forward's time goes on the Triton kernels (dimstudy profile), batch 1 and 8.
+# 4. where an eager DiM-H/2 forward's time goes on the Triton kernels (dimstudy profile), 1024 px, batch 1;
+# 5. DiM-H/2 and U-ViT compiled block by block (--compile-scope blocks): compile time (first_call_s) and ms,
+#    against the whole-model compile in results/speed-triton-compiled/ (~100 s a shape, 28.9 / 22.0 ms).
 # Rows carry GPU, versions and DIMSTUDY_GIT_SHA (the GPU machine's copy of the tree has no .git).
 set -uo pipefail  # no -e: a failed step is logged and the next one still runs
 
@@ -30,8 +32,9 @@ step 120 scan-train "$PY" experiments/bench_scan.py --shapes dim_s_2-32px-train-
     --maxnreg 128,168 --bwd-variants 8,8:decay,16:decay --out "$OUT/scan-bench"
 step 90 scan-fwd "$PY" experiments/bench_scan.py --shapes dim_h_2-1024px-b1,dim_h_2-1024px-b8 --modes fwd \
     --maxnreg 128,168 --out "$OUT/scan-bench"
-for batch in 1 8; do
-    step 90 "profile-b$batch" "$PY" -m dimstudy profile --model dim --resolution 1024 --batch "$batch" \
-        --scan-backend triton --results "$OUT/profile"
-done
+step 90 profile-b1 "$PY" -m dimstudy profile --model dim --resolution 1024 --batch 1 --scan-backend triton \
+    --results "$OUT/profile"
+step 90 speed-blocks "$PY" -m dimstudy speed --models dim,uvit --resolutions 1024 --batch 1 --scan-backend triton \
+    --compile --compile-scope blocks --cuda-graphs --warmup 3 --repeats 10 --budget 1.5 --timeout 80 \
+    --results "$OUT/speed-blocks"
 stamp "done"
