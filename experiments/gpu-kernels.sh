@@ -30,11 +30,11 @@ step() {  # step SECONDS NAME COMMAND...: run it with a time limit, output to $O
 step 150 gpu-tests "$PY" -m pytest -q -m gpu -rs tests/gpu/test_gpu_triton.py tests/gpu/test_gpu_kernels.py
 step 120 scan-train "$PY" experiments/bench_scan.py --shapes dim_s_2-32px-train-b128 --modes fwd+bwd \
     --maxnreg 128,168 --bwd-variants 8,8:decay,16:decay --out "$OUT/scan-bench"
-step 90 scan-fwd "$PY" experiments/bench_scan.py --shapes dim_h_2-1024px-b1,dim_h_2-1024px-b8 --modes fwd \
+step 80 scan-fwd "$PY" experiments/bench_scan.py --shapes dim_h_2-1024px-b1,dim_h_2-1024px-b8 --modes fwd \
     --maxnreg 128,168 --out "$OUT/scan-bench"
 step 90 profile-b1 "$PY" -m dimstudy profile --model dim --resolution 1024 --batch 1 --scan-backend triton \
     --results "$OUT/profile"
-step 90 speed-blocks "$PY" -m dimstudy speed --models dim,uvit --resolutions 1024 --batch 1 --scan-backend triton \
-    --compile --compile-scope blocks --cuda-graphs --warmup 3 --repeats 10 --budget 1.5 --timeout 80 \
+step 120 speed-blocks "$PY" -m dimstudy speed --models dim,uvit --resolutions 1024 --batch 1 --scan-backend triton \
+    --compile --compile-scope blocks --cuda-graphs --warmup 3 --repeats 10 --budget 1.5 --timeout 100 \
     --results "$OUT/speed-blocks"
 stamp "done"
