@@ -58,7 +58,11 @@ def read_checkpoint(path: str | Path) -> dict:
     if Path(path).is_dir() and is_public_checkpoint(path):
         return public_checkpoint(path)
     file = checkpoint_path(path)
-    obj = load_file(file)
+    return _as_checkpoint(load_file(file), file)
+
+
+def _as_checkpoint(obj, file: Path) -> dict:
+    """What `file` held (`obj`, already loaded) as a checkpoint dict: a public DiM state dict converted."""
     if is_public_state_dict(obj):
         return public_checkpoint(file)
     return _check_checkpoint(obj, file)
@@ -76,12 +80,13 @@ def read_init_weights(path: str | Path) -> dict:
     `load_checkpoint`); the new run's EMA then starts equal to them. Anything else is one CheckpointError line.
     """
     try:
-        if not Path(path).is_dir():
-            obj = load_file(path)
-            if (isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values())
-                    and not is_public_state_dict(obj)):
-                return obj
-        return read_checkpoint(path)["ema"]["module"]
+        if Path(path).is_dir():
+            return read_checkpoint(path)["ema"]["module"]
+        obj = load_file(path)  # read once, whichever kind it is
+        if (isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values())
+                and not is_public_state_dict(obj)):
+            return obj
+        return _as_checkpoint(obj, Path(path))["ema"]["module"]
     except (CheckpointError, FileNotFoundError) as e:
         raise type(e)(f"init_from: {e}; it takes {INIT_KINDS}") from None
 
