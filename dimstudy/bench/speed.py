@@ -40,7 +40,7 @@ from dimstudy.bench.timing import (
     run_isolated,
     time_fn,
 )
-from dimstudy.models.compile import COMPILE_SCOPES, compile_network, repeated_blocks
+from dimstudy.models.compile import check_compile_scope, compile_network, repeated_blocks
 from dimstudy.ops.mixers import kernels_that_ran
 from dimstudy.runtime import resolve_device
 
@@ -317,8 +317,7 @@ def validate(cfg: SpeedConfig) -> list[tuple[str, str, int, int]]:
         raise ValueError("batch sizes and resolutions must be positive integers")
     if cfg.cuda_graphs and cfg.mode != "infer":
         raise ValueError("--cuda-graphs times captured forward passes; use it with --mode infer")
-    if cfg.compile_scope not in COMPILE_SCOPES:
-        raise ValueError(f"unknown compile scope {cfg.compile_scope!r}; valid choices: {', '.join(COMPILE_SCOPES)}")
+    check_compile_scope(cfg.compile_scope)
     if cfg.compile_scope != "model" and not cfg.compile:
         raise ValueError("--compile-scope says what --compile compiles; add --compile")
     dev = resolve_device(cfg.device)

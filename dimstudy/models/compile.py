@@ -28,13 +28,18 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
     return found
 
 
+def check_compile_scope(scope: str) -> str:
+    """`scope` if it is one of COMPILE_SCOPES, else a one-line ValueError naming them."""
+    if scope not in COMPILE_SCOPES:
+        raise ValueError(f"unknown compile scope {scope!r}; valid choices: {', '.join(COMPILE_SCOPES)}")
+    return scope
+
+
 def compile_network(model: nn.Module, scope: str = "model", **compile_kwargs) -> nn.Module:
     """What to call: `torch.compile(model)` for scope "model"; for "blocks", `model` itself with each of its
     repeated blocks compiled in place (its state dict keys stay as they were). kwargs go to torch.compile."""
-    if scope == "model":
+    if check_compile_scope(scope) == "model":
         return torch.compile(model, **compile_kwargs)
-    if scope != "blocks":
-        raise ValueError(f"unknown compile scope {scope!r}; valid choices: {', '.join(COMPILE_SCOPES)}")
     blocks = repeated_blocks(model)
     if not blocks:
         raise ValueError(f"{type(model).__name__} has no repeated blocks (nn.ModuleList) to compile one by one; "

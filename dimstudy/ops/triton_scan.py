@@ -385,7 +385,13 @@ def _scan_bwd_kernel(
 # Steps between the states the forward saves when a backward will follow. The backward's scratch holds one
 # chunk's states, (CHUNK + 1) * BD * n floats per program: at 16 it stays in L2 for every program resident
 # at once, where 64 spilled to memory (DiM-S/2's training shape: fwd + bwd 3.39 against 3.58 ms, H200).
-CHUNK = int(os.environ.get("DIMSTUDY_SCAN_CHUNK", "16"))
+def _env_int(name: str) -> int | None:
+    """A tuning override from the environment: DIMSTUDY_SCAN_<name> as an int, None when unset or empty."""
+    value = os.environ.get(f"DIMSTUDY_SCAN_{name}")
+    return int(value) if value else None
+
+
+CHUNK = _env_int("CHUNK") or 16
 # Without a backward nothing is saved, and chunks only set the granularity of the forward's sequence parts:
 # 64, where 16 and 32 were up to 8% slower at DiM-H/2's 1024 px shapes (results/scan-bench/).
 WALK_CHUNK = 64
@@ -406,14 +412,14 @@ SCATTER_SUMS = os.environ.get("DIMSTUDY_SCAN_SCATTER", "1") == "1"  # dB, dC by 
 STORE_DECAY = os.environ.get("DIMSTUDY_SCAN_STORE_DECAY", "0") == "1"
 # Steps whose inputs the forward has in flight while one computes (1-3; each costs ~35 registers a lane).
 # None: _fwd_depth decides; DIMSTUDY_SCAN_FWD_DEPTH fixes it for tuning runs.
-FWD_DEPTH: int | None = int(os.environ["DIMSTUDY_SCAN_FWD_DEPTH"]) if os.environ.get("DIMSTUDY_SCAN_FWD_DEPTH") else None
+FWD_DEPTH: int | None = _env_int("FWD_DEPTH")
 
 
 # The most registers a lane may hold (ptx .maxnreg), per kernel; None leaves it to the compiler, which gives the
 # backward 255 a lane, so 8 one-warp programs a multiprocessor. A cap trades spills for resident warps; for
 # tuning runs (DIMSTUDY_SCAN_FWD_MAXNREG / _BWD_MAXNREG, experiments/bench_scan.py --maxnreg), not yet measured.
-FWD_MAXNREG: int | None = int(os.environ["DIMSTUDY_SCAN_FWD_MAXNREG"]) if os.environ.get("DIMSTUDY_SCAN_FWD_MAXNREG") else None
-BWD_MAXNREG: int | None = int(os.environ["DIMSTUDY_SCAN_BWD_MAXNREG"]) if os.environ.get("DIMSTUDY_SCAN_BWD_MAXNREG") else None
+FWD_MAXNREG: int | None = _env_int("FWD_MAXNREG")
+BWD_MAXNREG: int | None = _env_int("BWD_MAXNREG")
 
 
 def _register_cap(cap: int | None) -> dict:
