@@ -100,39 +100,38 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bw
         floor = (2 if grad else 1) * ex_floor_ms  # backward recomputes the exps once more
         mem = mem_floor_ms * (3 if grad else 1)
         t_m = do_bench(lambda xs=xm: step(mamba_scan, xs), warmup=25, rep=200, return_mode="median")
-        # (BD, warps), parts, backward prefetch, forward depth, register cap (of the backward when timing
-        # fwd+bwd, else of the forward), backward variant (chunk between saved states, stored decays)
-        base = (ts.CHUNK, ts.STORE_DECAY)
-        configs = [(None, None, ts.BWD_PREFETCH, ts.FWD_DEPTH, None, base)]  # FWD_DEPTH None: the forward picks
-        configs += [(None, None, ts.BWD_PREFETCH, dp, None, base) for dp in depths]
-        configs += [(None, None, ts.BWD_PREFETCH, ts.FWD_DEPTH, cap, base) for cap in caps]
+        # Each config is a change to the default one: (BD, warps), sequence parts, the backward's prefetch, the
+        # forward's depth, a register cap (of the backward when timing fwd+bwd, else of the forward), and the
+        # backward's variant (chunk between saved states, stored decays). None: the launcher decides.
+        default = {"block": None, "parts": None, "prefetch": ts.BWD_PREFETCH, "depth": ts.FWD_DEPTH, "cap": None,
+                   "chunk": ts.CHUNK, "decay": ts.STORE_DECAY}
+        changes = [{}] + [{"depth": dp} for dp in depths] + [{"cap": cap} for cap in caps]
         if grad:
-            configs += [(None, None, ts.BWD_PREFETCH, ts.FWD_DEPTH, None, v) for v in variants]
+            changes += [{"chunk": ck, "decay": dc} for ck, dc in variants]
         if sweep and grad:  # the forward keeps its default; (BD, warps) and prefetching apply to the backward
-            configs += [((bd, w), None, pf, ts.FWD_DEPTH, None, base) for bd in (16, 32, 64) for w in (1, 2) for pf in (True, False)]
+            changes += [{"block": (bd, w), "prefetch": pf} for bd in (16, 32, 64) for w in (1, 2) for pf in (True, False)]
         elif sweep:
-            configs += [((bd, w), p, True, ts.FWD_DEPTH, None, base) for bd in (32, 64) for w in (1, 2) for p in (1, 16, 32, 64)]
-        default_prefetch, default_depth = ts.BWD_PREFETCH, ts.FWD_DEPTH
-        for cfg, parts, prefetch, depth, cap, (chunk_bwd, decay) in configs:
+            changes += [{"block": (bd, w), "parts": p} for bd in (32, 64) for w in (1, 2) for p in (1, 16, 32, 64)]
+        tunables = ("BLOCK_OVERRIDE", "PARTS_OVERRIDE", "BWD_PREFETCH", "FWD_DEPTH", "FWD_MAXNREG", "BWD_MAXNREG",
+                    "CHUNK", "STORE_DECAY")
+        before = {k: getattr(ts, k) for k in tunables}
+        for change in changes:
+            c = {**default, **change}
+            cfg, parts, prefetch, depth, cap, chunk_bwd, decay = c.values()
             ts.BLOCK_OVERRIDE, ts.PARTS_OVERRIDE, ts.BWD_PREFETCH, ts.FWD_DEPTH = cfg, parts, prefetch, depth
             ts.CHUNK, ts.STORE_DECAY = chunk_bwd, decay
-            if grad:
-                ts.BWD_MAXNREG = cap
-            else:
-                ts.FWD_MAXNREG = cap
+            setattr(ts, "BWD_MAXNREG" if grad else "FWD_MAXNREG", cap)
             if grad and cfg is not None:  # time the backward's config with the default forward
                 os.environ["DIMSTUDY_SCAN_BLOCK_BWD"] = f"{cfg[0]},{cfg[1]}"
                 ts.BLOCK_OVERRIDE = None
             try:
                 t_t = do_bench(lambda xs=xt: step(ts.selective_scan_triton, xs), warmup=25, rep=200, return_mode="median")
             except Exception as e:  # noqa: BLE001 - a config that does not compile is a row, not a crash
-                print(f"{name} {mode} cfg {cfg}: {type(e).__name__}: {str(e)[:200]}")
+                print(f"{name} {mode} cfg {change}: {type(e).__name__}: {str(e)[:200]}")
                 continue
             finally:
-                ts.BLOCK_OVERRIDE = ts.PARTS_OVERRIDE = None
-                ts.BWD_PREFETCH, ts.FWD_DEPTH = default_prefetch, default_depth
-                ts.FWD_MAXNREG = ts.BWD_MAXNREG = None
-                ts.CHUNK, ts.STORE_DECAY = base
+                for k, v in before.items():
+                    setattr(ts, k, v)
                 os.environ.pop("DIMSTUDY_SCAN_BLOCK_BWD", None)
             cfg_used = cfg or ts._block_config(b, d, torch.device("cuda"), backward=grad)
             chunk = chunk_bwd if grad else ts.WALK_CHUNK  # with no gradient to come, nothing is saved
@@ -140,7 +139,7 @@ def bench_shape(name, b, d, n, length, backward, bw, sweep, want=("fwd", "fwd+bw
             parts_used = parts or ts._parts(b, d, cfg_used[0], n_ck, torch.device("cuda"))
             fwd_depth = depth or ts._fwd_depth(b, d, cfg_used[0], torch.device("cuda"))
             row = {"shape": name, "mode": mode, "batch": b, "d_inner": d, "d_state": n, "seqlen": length,
-                   "dtype": "bf16", "block_d": cfg_used[0], "num_warps": cfg_used[1], "parts": parts_used, "default_config": cfg is None and parts is None and depth is None and cap is None and (chunk_bwd, decay) == base,
+                   "dtype": "bf16", "block_d": cfg_used[0], "num_warps": cfg_used[1], "parts": parts_used, "default_config": not change,
                    "maxnreg": cap, "store_decay": decay if grad else None,
                    "bwd_prefetch": prefetch if grad else None, "fwd_depth": fwd_depth,
                    "chunk": chunk, "saves_states": grad, "scatter_sums": ts.SCATTER_SUMS, "ms_mamba_ssm": t_m, "ms_triton": t_t, "speedup": t_m / t_t,
@@ -178,6 +177,10 @@ def summarize(path: str) -> str:
                 cfg += f", chunk {r['chunk']}" + ("" if r.get("scatter_sums", True) else ", per-n sums")
             if r.get("fwd_depth", 1) != 1:
                 cfg += f", {r['fwd_depth']} steps in flight"
+            if r.get("maxnreg"):
+                cfg += f", at most {r['maxnreg']} registers"
+            if r.get("store_decay"):
+                cfg += ", stored decays"
             out.append(f"| {sha} | {shape} | {mode} | {label}: {cfg} | {r['ms_mamba_ssm']:.3f} | {r['ms_triton']:.3f} | "
                        f"{r['speedup']:.2f}x | {r['triton_over_floor']:.1f}x |")
     return "\n".join(out)
