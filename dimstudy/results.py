@@ -40,8 +40,14 @@ def git_sha() -> str:
         return "unknown"
 
 
+def tuning_env() -> dict[str, str]:
+    """The kernel tunables set in the environment (DIMSTUDY_SCAN_*, read by dimstudy.ops.triton_scan), by name."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("DIMSTUDY_SCAN_") and v}
+
+
 def environment(device: torch.device | str | None = None) -> dict:
-    """Where a row came from: device, GPU name, versions, git SHA, timestamp."""
+    """Where a row came from: device, GPU name, versions, git SHA, timestamp; and `tuning_env`, only when a
+    kernel tunable was overridden, so that such a row cannot pass for one made with the defaults."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     return {
@@ -53,6 +59,7 @@ def environment(device: torch.device | str | None = None) -> dict:
         "python": platform.python_version(),
         "git_sha": git_sha(),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **({"tuning_env": tuned} if (tuned := tuning_env()) else {}),
     }
 
 

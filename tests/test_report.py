@@ -1,6 +1,7 @@
 """The report: Tab. 4/6/1 tables (Markdown, LaTeX, CSV) from synthetic rows with known mean ± std, and the plots."""
 
 import math
+import os
 import re
 from pathlib import Path
 
@@ -402,3 +403,16 @@ def test_profile_report_writes_the_rows_as_markdown_and_csv(tmp_path):
     assert "- uvit_tiny_2: oom (out of memory)" in md and "| category | what | dim ms | dim % | uvit_tiny_2 ms |" in md
     csv = pd.read_csv(paths["csv"])
     assert list(csv["category"]) == list(CATEGORIES) and (csv["dim ms"] == 0.25).all() and (csv["uvit_tiny_2 ms"] == "oom").all()
+
+
+def test_rows_name_kernel_tunables_only_when_overridden(monkeypatch):
+    """A row made under DIMSTUDY_SCAN_* overrides records them; a row with the defaults has no such field."""
+    from dimstudy.results import environment
+
+    for k in [k for k in os.environ if k.startswith("DIMSTUDY_SCAN_")]:
+        monkeypatch.delenv(k)
+    assert "tuning_env" not in environment("cpu")
+    monkeypatch.setenv("DIMSTUDY_SCAN_CHUNK", "8")
+    monkeypatch.setenv("DIMSTUDY_SCAN_FWD_MAXNREG", "")  # set but empty: the default, as _env_int reads it
+    monkeypatch.setenv("DIMSTUDY_SCAN_BWD_MAXNREG", "128")
+    assert environment("cpu")["tuning_env"] == {"DIMSTUDY_SCAN_BWD_MAXNREG": "128", "DIMSTUDY_SCAN_CHUNK": "8"}

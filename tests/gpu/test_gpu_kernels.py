@@ -196,5 +196,9 @@ def test_model_moved_to_cuda_picks_the_kernels():
     y_cpu = m(x)
     assert m.last_backend == "torch-chunked"
     y_gpu = m.cuda()(x.cuda())
-    assert m.last_backend in ("cuda-fused", "cuda-unfused")
+    assert m.last_backend == "triton"  # 'auto' on CUDA: the Triton kernels first
     assert rel_err(y_gpu.cpu(), y_cpu) < 2e-3
+    m.scan_backend = "cuda"
+    y_cuda = m(x.cuda())
+    assert m.last_backend in ("cuda-fused", "cuda-unfused")
+    assert rel_err(y_cuda.cpu(), y_cpu) < 2e-3

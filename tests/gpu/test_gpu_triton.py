@@ -101,7 +101,9 @@ def test_dim_s_2_forward_and_backward_agree_with_torch_backend(autocast, tol_out
 @needs_mamba_ssm
 @pytest.mark.parametrize("b,d,length", [(1, 3072, 4496), (16, 1024, 368)])
 def test_mamba_ssm_kernel_through_custom_ops_equals_its_own_function(b, d, length):
-    """dimstudy.ops.cuda_scan runs the same kernel as selective_scan_fn: equal outputs, last state, gradients."""
+    """dimstudy.ops.cuda_scan runs the same kernel as selective_scan_fn: equal outputs, last state and per-element
+    gradients. The kernel sums dA, dB, dC, dD and ddelta_bias with float atomics, whose order varies from run to
+    run (then dB and dC are rounded to bf16): those agree to 5e-4, where a wrong layout would be off by O(1)."""
     from dimstudy.ops.cuda_scan import selective_scan_cuda_op
 
     x = dim_inputs(b, d, 16, length, torch.bfloat16, "bld")
@@ -109,7 +111,9 @@ def test_mamba_ssm_kernel_through_custom_ops_equals_its_own_function(b, d, lengt
     y_r, last_r, g_r = with_grads(selective_scan_fn, x)
     errs = {"y": rel_err(y, y_r), "last": rel_err(last, last_r), **{k: rel_err(g[k], g_r[k]) for k in NAMES}}
     print(errs)
-    assert all(v < 1e-6 for v in errs.values()), errs
+    summed = ("A", "B", "C", "D", "delta_bias")
+    assert all(v == 0.0 for k, v in errs.items() if k not in summed), errs
+    assert all(errs[k] < 5e-4 for k in summed), errs
 
 
 @pytest.mark.parametrize("backend", ["triton", pytest.param("cuda", marks=needs_mamba_ssm)])
