@@ -8,8 +8,8 @@ extension's C++ allocates, and the backward registered as the forward op's autog
 
     fwd(u, delta, A, B, C, D, z, delta_bias, softplus) -> out (like delta), x (b, d, ceil(l / 2048), 2 n) A's
         dtype (the states at the end of each 2048-step chunk, real parts at odd indices), out_z (like z)
-    bwd(..., dout, x, out, softplus) -> du, ddelta, dA, dB, dC (float32 for input-dependent B, C), dD,
-        ddelta_bias, dz
+    bwd(..., dout, x, out, softplus) -> du, ddelta, dA, dB, dC, dD, ddelta_bias, dz, each like its input (the
+        extension sums dB and dC in float32 and casts them back to B's and C's dtype before returning)
 
 Same kernels, arguments and results as `selective_scan_fn`, including its one limit: the last state it returns
 carries no gradient. The Mamba mixer takes this path for the "cuda" backend while torch.compile traces it
@@ -71,9 +71,7 @@ def mamba_ssm_scan_bwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
 
 @mamba_ssm_scan_bwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, dout, x, out, delta_softplus):
-    f32 = torch.float32
-    grads = [torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B, dtype=f32),
-             torch.empty_like(C, dtype=f32)]
+    grads = [torch.empty_like(t) for t in (u, delta, A, B, C)]
     grads += [u.new_empty(0) if v is None else torch.empty_like(v) for v in (D, delta_bias, z)]
     return grads
 
@@ -92,7 +90,7 @@ def _backward(ctx, grad_out, _grad_x, grad_out_z):
         dout = dout.contiguous()
     du, ddelta, dA, dB, dC, dD, ddelta_bias, dz = mamba_ssm_scan_bwd(
         u, delta, A, B, C, D, z, delta_bias, dout, x, out, ctx.delta_softplus)
-    return (du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD, None if z is None else dz,
+    return (du, ddelta, dA, dB, dC, None if D is None else dD, None if z is None else dz,
             None if delta_bias is None else ddelta_bias, None)
 
 

@@ -116,6 +116,32 @@ def test_mamba_ssm_kernel_through_custom_ops_equals_its_own_function(b, d, lengt
     assert all(errs[k] < 5e-4 for k in summed), errs
 
 
+@needs_mamba_ssm
+def test_mamba_ssm_custom_ops_fakes_describe_the_extensions_outputs():
+    """The fakes that torch.compile plans with give each real output's shape, dtype and strides, in the layouts
+    the mixer passes (delta and z as views of (d, b*l) GEMM results, u contiguous, B and C (b, 1, n, l)). A fake
+    that said float32 for the bf16 dB and dC the extension returns once made compiled gradients wrong."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    b, d, n, length = 4, 256, 16, 300
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    gemm = r(2 * d, b * length).to(torch.bfloat16).view(2 * d, b, length).transpose(0, 1)  # (b, 2d, l), l-contiguous
+    delta = (0.5 * r(d, b * length)).to(torch.bfloat16).view(d, b, length).transpose(0, 1)  # strides (l, b*l, 1)
+    z = gemm[:, d:]  # the second half of in_proj's result, as xz.chunk(2, dim=1) gives it
+    args = [r(b, d, length).to(torch.bfloat16), delta, -torch.exp(r(d, n)), r(b, 1, n, length).to(torch.bfloat16),
+            r(b, 1, n, length).to(torch.bfloat16), r(d), z, r(d) - 4.0, True]
+    torch.library.opcheck(torch.ops.dimstudy.mamba_ssm_scan_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+    out, states, out_z = torch.ops.dimstudy.mamba_ssm_scan_fwd(*args)
+    bwd_args = args[:8] + [r(*out_z.shape).to(torch.bfloat16), states, out, True]
+    real = torch.ops.dimstudy.mamba_ssm_scan_bwd(*bwd_args)
+    with FakeTensorMode() as mode:
+        fake = torch.ops.dimstudy.mamba_ssm_scan_bwd(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+                                                       for a in bwd_args))
+    assert [(f.shape, f.dtype, f.stride()) for f in fake] == [(t.shape, t.dtype, t.stride()) for t in real]
+
+
 @pytest.mark.parametrize("backend", ["triton", pytest.param("cuda", marks=needs_mamba_ssm)])
 def test_compiled_dim_block_matches_eager(backend):
     """torch.compile(fullgraph=True) with inductor: the block's norms, adaLN and projections compile around
