@@ -227,6 +227,10 @@ def test_fig3_and_the_summary_are_written(tmp_path):
     md = speed_summary_markdown(df)
     assert "paper (Fig. 3, H800)" in md and "| resolution |" in md and "oom" in md
     assert "faster than U-ViT at **899 px**" in md and "+11.1 %" in md
+    behind = speed_summary_markdown(_frame([4, 8, 16, 32], [1, 2, 4, 8], [1, 1, 1, 1]))
+    assert "batch 1: DiM becomes faster than U-ViT at **none in the measured range**" in behind
+    ahead = speed_summary_markdown(_frame([1, 2, 4, 8], [4, 8, 16, 32], [1, 1, 1, 1], res=(1280, 1536, 1792, 2048)))
+    assert "batch 1: DiM is faster than U-ViT **at every measured resolution** (1280 px and up)" in ahead
 
 
 # -- the command line -----------------------------------------------------------------------------------------
@@ -293,3 +297,12 @@ def test_compile_scope_reaches_the_worker(monkeypatch):
     row = measure_point("dim_tiny_2", 16, 1, dtype="fp32", compile=True, compile_scope="blocks", warmup=1,
                         repeats=2, budget_s=1.0, device="cpu")
     assert scopes == ["blocks"] and row["ms"] > 0
+
+
+def test_compiled_sweeps_compile_block_by_block_unless_asked_otherwise(tmp_path):
+    from dimstudy.bench.speed import scope_of, validate
+
+    plain = _cfg(tmp_path, models=["dim_tiny_2"], resolutions=[16], batches=[1], compile=True)
+    assert validate(plain) and scope_of(plain) == "blocks"
+    assert scope_of(_cfg(tmp_path, compile=True, compile_scope="model")) == "model"
+    assert validate(_cfg(tmp_path, models=["dim_tiny_2"], resolutions=[16], batches=[1]))  # no compile, no scope: fine

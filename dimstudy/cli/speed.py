@@ -54,9 +54,10 @@ def register(app: typer.Typer) -> None:
         mode: Annotated[str, typer.Option(help="infer: one forward under no_grad (one denoising step); "
                                           "train: forward + backward + AdamW step.")] = "infer",
         compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (compile time is in first_call_s).")] = False,
-        compile_scope: Annotated[str, typer.Option(help="With --compile: model (one graph through the whole "
-                                                   "forward) or blocks (each repeated block compiled on its own and "
-                                                   "shared: far shorter compiles, the code between blocks eager).")] = "model",
+        compile_scope: Annotated[str | None, typer.Option(
+            help="With --compile: blocks (the default: each repeated block compiled on its own and shared, the code "
+                 "between blocks eager; DiM-H/2 compiles in ~13 s instead of ~100 s, at the same speed within 2%) or "
+                 "model (one graph through the whole forward).", show_default=False)] = None,
         cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="Capture the forward in a CUDA graph and time replays.")] = False,
         warmup: Annotated[int, typer.Option(help="Untimed calls before timing.")] = 10,
         repeats: Annotated[int, typer.Option(help="Most timed calls per point (median reported).")] = 30,

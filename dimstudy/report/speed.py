@@ -203,6 +203,18 @@ def _has(df: pd.DataFrame, selector: str) -> bool:
         return False
 
 
+def _crossover_said(df: pd.DataFrame, batch: int) -> str:
+    """Where DiM overtakes U-ViT at this batch, in words: a resolution, or which side of the range it lies on."""
+    x = crossover(df, "dim", "uvit", batch)
+    if x is not None:
+        return f"DiM becomes faster than U-ViT at **{x:.0f} px**"
+    ms_a, ms_b = _ms_by_resolution(df, "dim", batch), _ms_by_resolution(df, "uvit", batch)
+    common = ms_a.index.intersection(ms_b.index).sort_values()
+    if len(common) and all(ms_a[r] < ms_b[r] for r in common):
+        return f"DiM is faster than U-ViT **at every measured resolution** ({int(common[0])} px and up)"
+    return "DiM becomes faster than U-ViT at **none in the measured range**"
+
+
 def speed_summary_markdown(df: pd.DataFrame) -> str:
     """The sweep as Markdown: ms per iteration, the crossover and overhead numbers, the floor ratios."""
     if df.empty:
@@ -219,9 +231,7 @@ def speed_summary_markdown(df: pd.DataFrame) -> str:
     ]
     for batch in sorted(df["batch"].unique()):
         if _has(df, "dim") and _has(df, "uvit"):
-            x = crossover(df, "dim", "uvit", batch)
-            said = f"{x:.0f} px" if x is not None else "none in the measured range"
-            out.append(f"- batch {batch}: DiM becomes faster than U-ViT at **{said}** (paper: above {FIG3_CROSSOVER_PX} px).")
+            out.append(f"- batch {batch}: {_crossover_said(df, batch)} (paper: above {FIG3_CROSSOVER_PX} px).")
         if _has(df, "dim") and _has(df, "mamba"):
             ov = overhead(df, batch)
             if not ov.empty:
