@@ -384,7 +384,9 @@ def _scan_bwd_kernel(
 # -- launchers ----------------------------------------------------------------------------------------------
 # Steps between the states the forward saves when a backward will follow. The backward's scratch holds one
 # chunk's states, (CHUNK + 1) * BD * n floats per program: at 16 it stays in L2 for every program resident
-# at once, where 64 spilled to memory (DiM-S/2's training shape: fwd + bwd 3.39 against 3.58 ms, H200).
+# at once, where 64 spilled to memory (DiM-S/2's training shape: fwd + bwd 3.39 against 3.58 ms, H200). 8 is
+# 6% faster again (3.23 ms) but doubles the saved states, to 4x the bf16 inputs (dim_s_2 training: +2.7%
+# images/s for +19% peak memory): DIMSTUDY_SCAN_CHUNK=8 for those who have the memory.
 def _env_int(name: str) -> int | None:
     """A tuning override from the environment: DIMSTUDY_SCAN_<name> as an int, None when unset or empty."""
     value = os.environ.get(f"DIMSTUDY_SCAN_{name}")
@@ -407,8 +409,8 @@ BLOCK_OVERRIDE: tuple[int, int] | None = None  # (BD, warps) for every launch; f
 BWD_PREFETCH = os.environ.get("DIMSTUDY_SCAN_BWD_PREFETCH", "1") == "1"  # load step t - 1 during step t
 SCATTER_SUMS = os.environ.get("DIMSTUDY_SCAN_SCATTER", "1") == "1"  # dB, dC by reduce-scatter (see _sum_over_d)
 # The backward's recompute keeps each step's decay exp(dt A) beside its state, and the adjoint reads it back
-# instead of computing it again: half the backward's exps, for twice the scratch (which then wants chunks of
-# 8 to stay in L2). Off: untimed so far (experiments/bench_scan.py --bwd-variants).
+# instead of computing it again: half the backward's exps, for twice the scratch. Off: slower at DiM-S/2's
+# training shape (4.09 ms at chunk 8, 4.71 at 16, against 3.39 without; results/scan-bench/, version 7).
 STORE_DECAY = os.environ.get("DIMSTUDY_SCAN_STORE_DECAY", "0") == "1"
 # Steps whose inputs the forward has in flight while one computes (1-3; each costs ~35 registers a lane).
 # None: _fwd_depth decides; DIMSTUDY_SCAN_FWD_DEPTH fixes it for tuning runs.
@@ -417,7 +419,9 @@ FWD_DEPTH: int | None = _env_int("FWD_DEPTH")
 
 # The most registers a lane may hold (ptx .maxnreg), per kernel; None leaves it to the compiler, which gives the
 # backward 255 a lane, so 8 one-warp programs a multiprocessor. A cap trades spills for resident warps; for
-# tuning runs (DIMSTUDY_SCAN_FWD_MAXNREG / _BWD_MAXNREG, experiments/bench_scan.py --maxnreg), not yet measured.
+# tuning runs (DIMSTUDY_SCAN_FWD_MAXNREG / _BWD_MAXNREG, experiments/bench_scan.py --maxnreg). Measured: the
+# backward capped at 128 / 168 is 50% / 26% slower; the forward at 128 is 5% faster at batch 1 and 8% slower
+# at batch 8 (results/scan-bench/, version 7), so neither is capped.
 FWD_MAXNREG: int | None = _env_int("FWD_MAXNREG")
 BWD_MAXNREG: int | None = _env_int("BWD_MAXNREG")
 
