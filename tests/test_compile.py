@@ -36,3 +36,23 @@ def test_bad_scopes_and_models_without_blocks_are_one_line_errors():
         compile_network(nn.Linear(2, 2), "layers")
     with pytest.raises(ValueError, match="Linear has no repeated blocks"):
         compile_network(nn.Linear(2, 2), "blocks")
+
+
+def test_a_dim_block_on_the_pytorch_scan_traces_whole_and_matches_eager():
+    """torch.compile(fullgraph=True) of a DiM decoder block on the CPU's chunked PyTorch scan: no graph break
+    (its sums once wrote through out= into strided views, which Dynamo refuses), same output and gradients; and a
+    second length, which Dynamo traces with symbolic sizes, compiles too (its chunk size once took l / 4 of a
+    symbolic l, which failed inside Dynamo). Dynamo's eager backend: the trace is what is tested."""
+    torch.manual_seed(0)
+    model = create_model("dim_tiny_2", scan_backend="torch")
+    block = model.blocks[-1]
+    assert block.skip_linear is not None
+    compiled = torch.compile(block, fullgraph=True, backend="eager")
+    for length in (40, 57):
+        x = torch.randn(2, length, block.norm.weight.shape[0], requires_grad=True)
+        mod, skip = torch.randn(2, 3, x.shape[-1]) * 0.1, torch.randn_like(x)
+        y_c, y_e = compiled(x, mod, skip), block(x, mod, skip)
+        torch.testing.assert_close(y_c, y_e)
+        g_c, g_e = (torch.autograd.grad(y.square().sum(), [x, *block.parameters()]) for y in (y_c, y_e))
+        for a, b in zip(g_c, g_e, strict=True):
+            torch.testing.assert_close(a, b)

@@ -109,24 +109,33 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 # decays in (0, 1] - nothing is exponentiated beyond one chunk's dt * A - so there is no overflow, and
 # nothing of size b * l * d * n outlives a pass: the forward keeps only each chunk's entering state,
 # the backward recomputes the states (as mamba-ssm's kernel does).
-def _chunk_steps(dt, dtu, B, At, chunk):
+def _sum_into(dst: torch.Tensor, x: torch.Tensor, dim: int) -> None:
+    """x summed over `dim`, written into the view `dst`: through out= in eager code (no temporary), by a copy
+    while torch.compile traces, since Dynamo refuses out= into a non-contiguous view (a graph break)."""
+    if torch.compiler.is_compiling():
+        dst.copy_(x.sum(dim))
+    else:
+        torch.sum(x, dim=dim, out=dst)
+
+
+def _chunk_steps(dt, dtu, B, At, chunk, nc):
     """Decay a_t = exp(dt_t A) and input x_t = dt_t u_t B_t at in-chunk position t: two (b, nc, n, d) slabs each."""
-    b, length, d = dt.shape
-    dt_c, dtu_c, B_c = (v.view(b, length // chunk, chunk, v.shape[-1]) for v in (dt, dtu, B))
+    b = dt.shape[0]
+    dt_c, dtu_c, B_c = (v.view(b, nc, chunk, v.shape[-1]) for v in (dt, dtu, B))
     for t in range(chunk):
         yield (dt_c[:, :, t, None, :] * At).exp_(), dtu_c[:, :, t, None, :] * B_c[:, :, t, :, None]
 
 
-def _carry_across_chunks(local, dt, At, chunk, reverse=False):
+def _carry_across_chunks(local, dt, At, chunk, nc, reverse=False):
     """What enters each chunk, given what each chunk alone passes on (`local`, (b, nc, n, d)): a loop over chunks.
 
     A chunk scales what enters it by its total decay exp(A * sum of its dt) and adds its own part.
     """
-    b, length, d = dt.shape
-    decay = torch.exp(dt.view(b, length // chunk, chunk, d).sum(2)[:, :, None, :] * At)  # (b, nc, n, d)
+    b, _, d = dt.shape
+    decay = torch.exp(dt.view(b, nc, chunk, d).sum(2)[:, :, None, :] * At)  # (b, nc, n, d)
     entering = torch.empty_like(local)
     state = torch.zeros_like(local[:, 0])  # (b, n, d)
-    for c in range(local.shape[1] - 1, -1, -1) if reverse else range(local.shape[1]):
+    for c in range(nc - 1, -1, -1) if reverse else range(nc):
         entering[:, c] = state
         state = torch.addcmul(local[:, c], decay[:, c], state)
     return entering, state
@@ -142,34 +151,32 @@ class _ChunkedScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, dt, dtu, B, C, At, chunk):
+    def forward(ctx, dt, dtu, B, C, At, chunk, nc):
         b, length, d = dt.shape
-        nc = length // chunk
-        steps = list(_chunk_steps(dt, dtu, B, At, chunk))
+        steps = list(_chunk_steps(dt, dtu, B, At, chunk, nc))
         end = torch.zeros(b, nc, At.shape[0], d, dtype=dt.dtype, device=dt.device)
         for a, x in steps:  # each chunk's end state from a zero start
             end = torch.addcmul(x, a, end)
-        init, last = _carry_across_chunks(end, dt, At, chunk)  # (b, nc, n, d), (b, n, d)
+        init, last = _carry_across_chunks(end, dt, At, chunk, nc)  # (b, nc, n, d), (b, n, d)
         C_c = C.view(b, nc, chunk, -1)
         y = dt.new_empty(b, nc, chunk, d)
         h = init
         for t, (a, x) in enumerate(steps):  # again from the true entering states, reading y out
             h = x.addcmul_(a, h)
-            torch.sum(h * C_c[:, :, t, :, None], dim=2, out=y[:, :, t])  # mul + sum, not matmul: no autocast
+            _sum_into(y[:, :, t], h * C_c[:, :, t, :, None], 2)  # mul + sum, not matmul: no autocast
         ctx.save_for_backward(dt, dtu, B, C, At, init)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.nc = chunk, nc
         return y.view(b, length, d), last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_last):
         dt, dtu, B, C, At, init = ctx.saved_tensors
-        chunk = ctx.chunk
+        chunk, nc = ctx.chunk, ctx.nc
         b, length, d = dt.shape
-        nc = length // chunk
         decays, states = [], []  # per position: a_t and h_t slabs, recomputed
         h = init
-        for a, x in _chunk_steps(dt, dtu, B, At, chunk):
+        for a, x in _chunk_steps(dt, dtu, B, At, chunk, nc):
             h = x.addcmul_(a, h)
             decays.append(a)
             states.append(h)
@@ -186,7 +193,7 @@ class _ChunkedScan(torch.autograd.Function):
         carry = torch.zeros_like(init)
         for t in range(chunk - 1, -1, -1):  # each chunk's outgoing carry from a zero one entering
             carry = decays[t] * grad_h(t).add_(carry)
-        carry, _ = _carry_across_chunks(carry, dt, At, chunk, reverse=True)
+        carry, _ = _carry_across_chunks(carry, dt, At, chunk, nc, reverse=True)
 
         grad_dt, grad_dtu, grad_C = torch.empty_like(dt_c), torch.empty_like(dtu_c), torch.empty_like(C_c)
         grad_B = torch.empty_like(B_c)
@@ -195,19 +202,19 @@ class _ChunkedScan(torch.autograd.Function):
             lam = grad_h(t).add_(carry)  # dLoss/dx_t
             carry = decays[t] * lam
             q = carry * (states[t - 1] if t > 0 else init)  # dLoss/d(dt_t A) = lambda_t a_t h_{t-1}
-            torch.sum(q * At, dim=2, out=grad_dt[:, :, t])
+            _sum_into(grad_dt[:, :, t], q * At, 2)
             q_dt.addcmul_(q, dt_c[:, :, t, None, :])
-            torch.sum(lam * B_c[:, :, t, :, None], dim=2, out=grad_dtu[:, :, t])
-            torch.sum(lam * dtu_c[:, :, t, None, :], dim=3, out=grad_B[:, :, t])
-            torch.sum(states[t] * gy_c[:, :, t, None, :], dim=3, out=grad_C[:, :, t])
+            _sum_into(grad_dtu[:, :, t], lam * B_c[:, :, t, :, None], 2)
+            _sum_into(grad_B[:, :, t], lam * dtu_c[:, :, t, None, :], 3)
+            _sum_into(grad_C[:, :, t], states[t] * gy_c[:, :, t, None, :], 3)
         grads = (g.view(b, length, -1) for g in (grad_dt, grad_dtu, grad_B, grad_C))
-        return (*grads, q_dt.sum((0, 1)), None)
+        return (*grads, q_dt.sum((0, 1)), None, None)
 
 
 def default_chunk_size(length: int) -> int:
     """About sqrt(l / 4): balances the ~27 ops a position costs (forward + backward, all chunks at once)
     against the ~4 a chunk costs. Timings are flat within ~10% over chunk = sqrt(l / 8) .. sqrt(l)."""
-    return max(1, round(math.sqrt(length / 4)))
+    return max(1, round(math.sqrt(length) / 2))  # = sqrt(l / 4) exactly; Dynamo's symbolic sizes trip on l / 4
 
 
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -230,7 +237,7 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
         return F.pad(v.transpose(1, 2), (0, 0, 0, pad)).contiguous()
 
     y, last = _ChunkedScan.apply(time_major(dt), time_major(dt * u), time_major(B), time_major(C),
-                                 A.t().contiguous(), chunk)  # (b, L, d), (b, n, d)
+                                 A.t().contiguous(), chunk, (length + pad) // chunk)  # (b, L, d), (b, n, d)
     # (b, d, l), laid out time-major as computed: a caller that wants (b, l, d) next, as out_proj does, gets it free
     y = _skip_and_gate(y[:, :length].transpose(1, 2), u, D, z, out_dtype)
     return (y, last.transpose(1, 2)) if return_last_state else y
