@@ -7,9 +7,10 @@
 # 1. every GPU test (tests/gpu: the Triton kernels against mamba-ssm, whole networks across backends, the custom
 #    ops' fakes against their real outputs, compiled blocks against eager, CUDA graphs);
 # 2. the scan against mamba-ssm's at the three shapes of issue 11, default configs (experiments/bench_scan.py);
-# 3. where an eager DiM-H/2 forward's time goes, 1024 px, batch 1 (dimstudy profile);
-# 4. Fig. 3 at 1280 px (the paper's crossover), batch 1 and 8, compiled block by block, replayed from CUDA graphs;
-# 5. dim_s_2's training throughput, eager and under torch.compile (the compile takes ~2 minutes).
+# 3. Fig. 3 at 1280 px (the paper's crossover), batch 1 and 8, compiled block by block, replayed from CUDA graphs;
+# 4. dim_s_2's training throughput, eager and under torch.compile (the compile takes ~2 minutes).
+# (The profile of DiM-H/2 on these kernels, results/profile-triton/, is one more minute:
+#  python3 -m dimstudy profile --model dim --resolution 1024 --batch 1 --scan-backend triton --results DIR)
 # Rows carry GPU, versions and DIMSTUDY_GIT_SHA (the GPU machine's copy of the tree has no .git). Everything is
 # written under $WORK and packed into $OUT/gpu-kernels.tgz at the end, with steps.log beside it: the device
 # tool returns at most 8 files a call, and a run leaves more (each table's .jsonl, .lock, summaries, plots).
@@ -30,11 +31,9 @@ step() {  # step SECONDS NAME COMMAND...: run it with a time limit, output to $W
 
 step 120 gpu-tests "$PY" -m pytest -q -m gpu -rs tests/gpu
 step 60 scan-bench "$PY" experiments/bench_scan.py --out "$WORK/scan-bench"
-step 60 profile "$PY" -m dimstudy profile --model dim --resolution 1024 --batch 1 --scan-backend triton \
-    --results "$WORK/profile"
 step 170 speed "$PY" -m dimstudy speed --models dim,uvit --resolutions 1280 --batch 1,8 --scan-backend triton \
     --compile --cuda-graphs --warmup 3 --repeats 10 --budget 1.5 --timeout 100 --results "$WORK/speed"
-step 160 throughput "$PY" -m dimstudy.bench.throughput --models dim_s_2 --batch 128 --scan-backends triton --compile \
+step 220 throughput "$PY" -m dimstudy.bench.throughput --models dim_s_2 --batch 128 --scan-backends triton --compile \
     --results "$WORK/throughput"
 stamp "done"
 tar czf "$OUT/gpu-kernels.tgz" -C "$WORK" . && cp "$WORK/steps.log" "$OUT/"
