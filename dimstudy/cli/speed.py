@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
         compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (compile time is in first_call_s).")] = False,
         compile_scope: Annotated[str | None, typer.Option(
             help="With --compile: blocks (the default: each repeated block compiled on its own and shared, the code "
-                 "between blocks eager; DiM-H/2 compiles in ~13 s instead of ~100 s, at the same speed within 2%) or "
+                 "between blocks eager; DiM-H/2 compiles in ~13 s instead of ~100 s, at the same speed within 2.3%) or "
                  "model (one graph through the whole forward).", show_default=False)] = None,
         cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="Capture the forward in a CUDA graph and time replays.")] = False,
         warmup: Annotated[int, typer.Option(help="Untimed calls before timing.")] = 10,
