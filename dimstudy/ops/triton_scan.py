@@ -393,6 +393,11 @@ def _env_int(name: str) -> int | None:
     return int(value) if value else None
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    """A tuning switch from the environment: DIMSTUDY_SCAN_<name> = 1 (on) or 0 (off); `default` when unset."""
+    return os.environ.get(f"DIMSTUDY_SCAN_{name}", "1" if default else "0") == "1"
+
+
 CHUNK = _env_int("CHUNK") or 16
 # Without a backward nothing is saved, and chunks only set the granularity of the forward's sequence parts:
 # 64, where 16 and 32 were up to 8% slower at DiM-H/2's 1024 px shapes (results/scan-bench/).
@@ -406,12 +411,12 @@ def _chunking(length: int, chunk: int) -> tuple[int, int]:
 
 
 BLOCK_OVERRIDE: tuple[int, int] | None = None  # (BD, warps) for every launch; for tuning sweeps
-BWD_PREFETCH = os.environ.get("DIMSTUDY_SCAN_BWD_PREFETCH", "1") == "1"  # load step t - 1 during step t
-SCATTER_SUMS = os.environ.get("DIMSTUDY_SCAN_SCATTER", "1") == "1"  # dB, dC by reduce-scatter (see _sum_over_d)
+BWD_PREFETCH = _env_flag("BWD_PREFETCH", True)  # load step t - 1 during step t
+SCATTER_SUMS = _env_flag("SCATTER", True)  # dB, dC by reduce-scatter (see _sum_over_d)
 # The backward's recompute keeps each step's decay exp(dt A) beside its state, and the adjoint reads it back
 # instead of computing it again: half the backward's exps, for twice the scratch. Off: slower at DiM-S/2's
 # training shape (4.09 ms at chunk 8, 4.71 at 16, against 3.39 without; results/scan-bench/, version 7).
-STORE_DECAY = os.environ.get("DIMSTUDY_SCAN_STORE_DECAY", "0") == "1"
+STORE_DECAY = _env_flag("STORE_DECAY", False)
 # Steps whose inputs the forward has in flight while one computes (1-3; each costs ~35 registers a lane).
 # None: _fwd_depth decides; DIMSTUDY_SCAN_FWD_DEPTH fixes it for tuning runs.
 FWD_DEPTH: int | None = _env_int("FWD_DEPTH")
@@ -440,8 +445,13 @@ def _fwd_depth(batch: int, dim: int, bd: int, device: torch.device) -> int:
         return FWD_DEPTH
     if device.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return 3 if batch * triton.cdiv(dim, bd) < sms else 1
+    programs, sms = _programs_and_sms(batch, dim, bd, device)
+    return 3 if programs < sms else 1
+
+
+def _programs_and_sms(batch: int, dim: int, bd: int, device: torch.device) -> tuple[int, int]:
+    """(programs of a channel-block grid, one per batch row and BD channels; multiprocessors of the GPU)."""
+    return batch * triton.cdiv(dim, bd), torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _block_config(batch: int, dim: int, device: torch.device, backward: bool = False) -> tuple[int, int]:
@@ -500,8 +510,7 @@ def _parts(batch: int, dim: int, bd: int, n_ck: int, device: torch.device) -> in
         return max(1, min(PARTS_OVERRIDE, n_ck))
     if device.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    programs = batch * triton.cdiv(dim, bd)
+    programs, sms = _programs_and_sms(batch, dim, bd, device)
     if programs >= 8 * sms:
         return 1
     return max(1, min(n_ck, 64, triton.cdiv(PARTS_TARGET * sms, programs)))
